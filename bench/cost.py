@@ -7,20 +7,27 @@ In one run it measures, per training batch:
   teacher   teacher inference forward alone (eval, no_grad) on the same batches
   soft      distillation with SoftTarget
   attention distillation with Attention on two layer pairs (layer2, layer3)
-  naive     (reference) SoftTarget with the teacher forward run with autograd on, as a naive callback would
+
+  naive     (reference) SoftTarget with the teacher run with autograd on and the loss not detaching it, so the
+            backward pass also goes through the teacher, as a naive implementation would
 and prints time and peak memory of each with the ratios distillation / (student + teacher).
 
 Time: configurations are interleaved round by round in one process and the median per-batch time is kept.
-Memory: each configuration runs in a fresh subprocess. On CUDA: peak of torch.cuda.max_memory_allocated above the
-memory held after setup. On CPU: peak resident set size (ru_maxrss) above the resident size after setup.
+Memory: peak bytes of the tensors allocated during one epoch of each configuration, above what was allocated before
+it (model weights are not counted; gradients, optimizer state, activations and teacher outputs are). On CUDA:
+torch.cuda.max_memory_allocated. On CPU, where torch keeps no allocator statistics: every storage created by a torch
+op is tracked (a TorchDispatchMode with weak references), which counts the same thing.
 
     python bench/cost.py                 # CPU (and CUDA too when a GPU is present)
     python bench/cost.py --device cuda --batches 50
 """
-import argparse, json, os, resource, statistics, subprocess, sys, time
+import argparse, statistics, sys, time, weakref
 import torch
 from torch import nn
 from fastai.callback.core import Callback
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+import torch.nn.functional as F
 
 CONFIGS = ['student', 'teacher', 'soft', 'attention', 'naive']
 
@@ -45,15 +52,22 @@ class TrainTimer(Callback):
 def _sync(device):
     if torch.device(device).type == 'cuda': torch.cuda.synchronize()
 
+def naive_soft_target(pred, teacher_pred, T=5, **kwargs):
+    "SoftTarget without detaching the teacher: gradients flow back into the teacher's graph"
+    return F.kl_div(F.log_softmax(pred / T, 1), F.log_softmax(teacher_pred / T, 1), log_target=True, reduction='batchmean') * T * T
+
 def naive_callback(teacher, loss):
-    "The reference: same callback, but the teacher forward keeps its autograd graph"
+    "The reference: the same callback, but the teacher forward keeps its autograd graph"
     from fasterai_distill.distillation_callback import KnowledgeDistillationCallback
     class Naive(KnowledgeDistillationCallback):
         def before_batch(self):
             self.current_weight = self.weight
             self.teacher_pred = self.output_fn(self.teacher(*self.learn.xb))
             self.fm_t = {}
-    return Naive(teacher, loss)
+        def after_fit(self):
+            super().after_fit()
+            self.teacher.zero_grad(set_to_none=True)
+    return Naive(teacher, naive_soft_target)
 
 def run_config(name, teacher, student, dls):
     "Seconds spent on the training batches of one epoch of configuration `name`"
@@ -74,24 +88,30 @@ def run_config(name, teacher, student, dls):
     with learn.no_bar(), learn.no_logging(): learn.fit(1, 1e-3, cbs=timer)
     return timer.elapsed
 
-def rss_bytes():
-    with open('/proc/self/statm') as f: return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE')
+class TensorMemory(TorchDispatchMode):
+    "Live and peak bytes of the tensor storages created by torch ops while active (CPU has no allocator statistics)"
+    def __init__(self): super().__init__(); self.live = self.peak = 0; self._refs = {}
+    def _free(self, key, nbytes): self._refs.pop(key, None); self.live -= nbytes
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_flatten(out)[0]:
+            if not isinstance(t, torch.Tensor): continue
+            s = t.untyped_storage()
+            key = s.data_ptr()
+            if key == 0 or key in self._refs: continue
+            n = s.nbytes()
+            self._refs[key] = weakref.ref(s, lambda _, k=key, n=n: self._free(k, n))
+            self.live += n; self.peak = max(self.peak, self.live)
+        return out
 
-def memory_child(name, device, n_batches):
-    "Run one configuration in this (fresh) process and print its peak memory above the memory held after setup"
-    torch.set_num_threads(int(os.environ.get('BENCH_THREADS', torch.get_num_threads())))
-    teacher, student, dls = make_setup(device, n_batches)
-    cuda = torch.device(device).type == 'cuda'
-    if cuda: torch.cuda.synchronize(); base = torch.cuda.memory_allocated(); torch.cuda.reset_peak_memory_stats()
-    else: base = rss_bytes()
-    run_config(name, teacher, student, dls)
-    peak = torch.cuda.max_memory_allocated() if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    print(json.dumps({'peak': peak - base}))
-
-def measure_memory(name, device, n_batches):
-    out = subprocess.run([sys.executable, __file__, '--memory-child', name, '--device', device, '--batches', str(n_batches)],
-                         capture_output=True, text=True, check=True).stdout
-    return json.loads(out.strip().splitlines()[-1])['peak']
+def measure_memory(name, teacher, student, dls):
+    "Peak bytes allocated while running one epoch of configuration `name`, above what was allocated before"
+    if torch.device(dls.device).type == 'cuda':
+        torch.cuda.synchronize(); base = torch.cuda.memory_allocated(); torch.cuda.reset_peak_memory_stats()
+        run_config(name, teacher, student, dls)
+        return torch.cuda.max_memory_allocated() - base
+    with TensorMemory() as tm: run_config(name, teacher, student, dls)
+    return tm.peak
 
 def bench(device, n_batches, rounds):
     from fastprogress.fastprogress import progress_bar
@@ -101,7 +121,7 @@ def bench(device, n_batches, rounds):
     for _ in progress_bar(range(rounds), leave=False):
         for c in CONFIGS: times[c].append(run_config(c, teacher, student, dls) / len(dls.train))
     t = {c: statistics.median(v) for c, v in times.items()}
-    mem = {c: measure_memory(c, device, min(n_batches, 8)) for c in progress_bar(CONFIGS, leave=False)}
+    mem = {c: measure_memory(c, teacher, student, dls) for c in progress_bar(CONFIGS, leave=False)}
     return t, mem
 
 def report(device, t, mem):
@@ -121,8 +141,6 @@ if __name__ == '__main__':
     p.add_argument('--device', default=None, help="cpu or cuda (default: cpu, then cuda too if available)")
     p.add_argument('--batches', type=int, default=12, help="training batches per epoch")
     p.add_argument('--rounds', type=int, default=5, help="interleaved rounds; the median is reported")
-    p.add_argument('--memory-child', default=None, help=argparse.SUPPRESS)
     a = p.parse_args()
-    if a.memory_child: memory_child(a.memory_child, a.device, a.batches); sys.exit()
     devices = [a.device] if a.device else ['cpu'] + (['cuda'] if torch.cuda.is_available() else [])
     for d in devices: report(d, *bench(d, a.batches, a.rounds))

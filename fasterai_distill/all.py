@@ -7,7 +7,7 @@ Docs: https://fasterai-labs.github.io/fasterai_distill/all.html.md"""
 # %% auto #0
 __all__ = []
 
-# %% ../nbs/99_all.ipynb #06462b7c
+# %% ../nbs/99_all.ipynb #b6fe9ec3
 from .losses import *
 from .schedule import *
 from .layers import *
