@@ -51,10 +51,16 @@ def unwrap_model(
     return model
 
 # %% ../nbs/02_layers.ipynb #068a794a
+_wrapper_prefixes = ('module.', '_orig_mod.')
+
 def _resolve(model, name):
     "The module named `name` in `model`, looking inside DDP/DataParallel/compile wrappers when needed"
     m = get_module_by_name(model, name)
     if m is None and (inner := unwrap_model(model)) is not model: m = get_module_by_name(inner, name)
+    # A name written for the wrapped model ('module.layer1') also resolves on the bare one: the callback resolves
+    # names at `before_fit`, before fastai's `DistributedTrainer` wraps the model in DDP.
+    prefix = next((p for p in _wrapper_prefixes if name.startswith(p)), None)
+    if m is None and prefix: m = _resolve(model, name[len(prefix):])
     return m
 
 def _check_names(names):
