@@ -60,8 +60,7 @@ def naive_callback(teacher, loss):
     "The reference: the same callback, but the teacher forward keeps its autograd graph"
     from fasterai_distill.distillation_callback import KnowledgeDistillationCallback
     class Naive(KnowledgeDistillationCallback):
-        def before_batch(self):
-            self.current_weight = self.weight
+        def _teacher_outputs(self):  # what the callback runs before each student forward, here without `torch.no_grad()`
             self.teacher_pred = self.output_fn(self.teacher(*self.learn.xb))
             self.fm_t = {}
         def after_fit(self):

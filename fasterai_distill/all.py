@@ -12,6 +12,7 @@ from .losses import *
 from .schedule import *
 from .layers import *
 from .distillation_callback import *
-from . import losses, schedule, layers, distillation_callback
+from .viz import *
+from . import losses, schedule, layers, distillation_callback, viz
 # Re-export every public name of the modules above (nbdev's own `__all__` for this module would be empty).
-__all__ = [n for m in (losses, schedule, layers, distillation_callback) for n in m.__all__]
+__all__ = [n for m in (losses, schedule, layers, distillation_callback, viz) for n in m.__all__]

@@ -26,7 +26,7 @@ from .schedule import *
 
 # %% auto #0
 __all__ = ['output_logits', 'FeatureAdapter', 'make_adapters', 'attach_params', 'detach_params', 'check_cacheable',
-           'TeacherCache', 'KnowledgeDistillationCallback', 'get_model_layers', 'get_module_by_name',
+           'TeacherCache', 'TeacherForward', 'KnowledgeDistillationCallback', 'get_model_layers', 'get_module_by_name',
            'match_feature_layers']
 
 # %% ../nbs/03_distillation_callback.ipynb #de5f7821
@@ -223,11 +223,23 @@ class TeacherCache:
         return [s[idx].to(device, non_blocking=True) for s in self.store]
 
 # %% ../nbs/03_distillation_callback.ipynb #c35aa264
+class TeacherForward(Callback):
+    "Runs a `KnowledgeDistillationCallback`'s teachers in `before_batch`; it adds and removes this callback itself"
+    # After `MixedPrecision` (10) has opened its autocast region, and after every callback that changes the inputs.
+    order, run_valid = 10.5, False
+    def __init__(self, kd): self.kd = kd
+    def before_batch(self):
+        # Left behind by a fit that raised, after its distillation callback left the learner: take no part any more.
+        if self.kd.learn is not self.learn: return self.learn.remove_cb(self)
+        self.kd._teacher_outputs()
+
+# %% ../nbs/03_distillation_callback.ipynb #f2c6a26f
 class KnowledgeDistillationCallback(Callback):
     "Distill `teacher` (or several) into the learner's model with `loss`, blended into the task loss with `weight` (times `schedule`)"
-    # Before `GradientAccumulation` (6): the blend happens on the raw task loss, before anything rescales it. The teacher
-    # runs at `after_pred`, inside `MixedPrecision`'s autocast region (open from its `before_batch` to its `after_loss`).
-    # Before `DistributedTrainer` (11) and `Recorder` (50): our layer names resolve on the bare model, our columns join the table.
+    # Before `GradientAccumulation` (6): the blend happens on the raw task loss, before anything rescales it. The teachers
+    # run in `TeacherForward` (10.5), inside `MixedPrecision`'s autocast region (open from its `before_batch` to its
+    # `after_loss`). Before `DistributedTrainer` (11) and `Recorder` (50): layer names resolve on the bare model, and
+    # our columns join the table.
     order, run_valid = 5.5, False
     def __init__(self,
         teacher:nn.Module|list, # The trained model to distill from, or a list of them; never trained, moved to the learner's device
@@ -301,6 +313,8 @@ class KnowledgeDistillationCallback(Callback):
         self._teachers_were_training = [t.training for t in self.teachers]
         for t in self.teachers: t.eval()
         self._add_metrics()
+        self.learn.remove_cbs([cb for cb in self.learn.cbs if isinstance(cb, TeacherForward) and cb.kd is self])
+        self.learn.add_cb(TeacherForward(self))
 
     def before_train(self):
         # The teachers follow the student to its device here rather than at `before_fit`: under `distrib_ctx`, fastai's
@@ -342,11 +356,14 @@ class KnowledgeDistillationCallback(Callback):
         self._s_hooks.remove(); self._root_hook.remove()
         self._s_hooks = self._root_hook = None
 
-    def after_pred(self):
-        # Inside the autocast region of `MixedPrecision` (closed in its `after_loss`): teachers and adapters run in it.
+    def _teacher_outputs(self):
+        "The teachers' logits and features for this batch: from the cache, or from a forward under `no_grad`"
         preds, fm_t = self._cached_outputs() if self.cache is not None else (None, None)
         if preds is None: preds, fm_t = self._run_teachers()
         self.teacher_pred, self.fm_t = _from_teachers(preds, self.several), _from_teachers(fm_t, self.several)
+
+    def after_pred(self):
+        # Inside the autocast region of `MixedPrecision` (closed in its `after_loss`): the adapters run in it too.
         if self.fm_s is None or (self.adapters is None and not self.auto_adapters): return
         if self.adapters is None: self._build_adapters()
         if getattr(self, '_attached_to', None) is not self.learn.opt: self._attach_adapters()
@@ -385,6 +402,7 @@ class KnowledgeDistillationCallback(Callback):
 
     def after_fit(self):
         self._unhook_student()
+        self.learn.remove_cbs([cb for cb in self.learn.cbs if isinstance(cb, TeacherForward) and cb.kd is self])
         for t, mode in zip(self.teachers, self._teachers_were_training): t.train(mode)
         if self.adapters is not None: detach_params(self.learn, self.adapters)
         self._attached_to = None
