@@ -15,22 +15,15 @@ epoch time is kept. Prints the ratios to the plain student epoch and the cache's
 import argparse, statistics, time
 import torch
 from torch import nn
-from fastai.callback.core import Callback
 from fastai.data.core import DataLoaders, TfmdLists
 from fastai.data.load import DataLoader
 from fastai.learner import Learner
 from torchvision.models import resnet18, resnet34
 from fasterai_distill.losses import SoftTarget, Attention
 from fasterai_distill.distillation_callback import KnowledgeDistillationCallback
+from common import TrainTimer, steady_malloc
 
-def _sync(device):
-    if torch.device(device).type == 'cuda': torch.cuda.synchronize()
 
-class TrainTimer(Callback):
-    "Times the training phase only (not validation)"
-    order = 100
-    def before_train(self): _sync(self.dls.device); self.t0 = time.perf_counter()
-    def after_train(self): _sync(self.dls.device); self.elapsed = time.perf_counter() - self.t0
 
 def kd_loss(**kw): return SoftTarget(**kw) + Attention(**kw)
 
@@ -70,6 +63,7 @@ if __name__ == '__main__':
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--device', default='cpu'); p.add_argument('--batches', type=int, default=16)
     p.add_argument('--bs', type=int, default=32); p.add_argument('--size', type=int, default=32)
-    p.add_argument('--rounds', type=int, default=5)
+    p.add_argument('--rounds', type=int, default=7)
     a = p.parse_args()
+    steady_malloc()
     main(a.device, a.batches, a.bs, a.size, a.rounds)

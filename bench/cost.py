@@ -12,7 +12,9 @@ In one run it measures, per training batch:
             backward pass also goes through the teacher, as a naive implementation would
 and prints time and peak memory of each with the ratios distillation / (student + teacher).
 
-Time: configurations are interleaved round by round in one process and the median per-batch time is kept.
+Time: configurations are interleaved round by round in one process (in alternating order) and the median per-batch
+time is kept; the table also gives the range of the ratios measured within single rounds, to show the machine's noise.
+On Linux the script fixes glibc's malloc thresholds (see `bench/common.py`), which removes most page-fault noise.
 Memory: peak bytes of the tensors allocated during one epoch of each configuration, above what was allocated before
 it (model weights are not counted; gradients, optimizer state, activations and teacher outputs are). On CUDA:
 torch.cuda.max_memory_allocated. On CPU, where torch keeps no allocator statistics: every storage created by a torch
@@ -21,10 +23,10 @@ op is tracked (a TorchDispatchMode with weak references), which counts the same 
     python bench/cost.py                 # CPU (and CUDA too when a GPU is present)
     python bench/cost.py --device cuda --batches 50
 """
-import argparse, statistics, sys, time, weakref
+import argparse, statistics, time, weakref
 import torch
 from torch import nn
-from fastai.callback.core import Callback
+from common import sync, TrainTimer, device_name, steady_malloc
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 import torch.nn.functional as F
@@ -43,14 +45,7 @@ def make_setup(device, n_batches, bs=32, size=64, seed=0):
     dls = DataLoaders(DataLoader(ds, bs=bs, shuffle=False, drop_last=True), DataLoader(ds[:bs], bs=bs), device=device)
     return teacher.to(device), student.to(device), dls
 
-class TrainTimer(Callback):
-    "Times the training phase only (not validation)"
-    order = 100
-    def before_train(self): _sync(self.dls.device); self.t0 = time.perf_counter()
-    def after_train(self): _sync(self.dls.device); self.elapsed = time.perf_counter() - self.t0
 
-def _sync(device):
-    if torch.device(device).type == 'cuda': torch.cuda.synchronize()
 
 def naive_soft_target(pred, teacher_pred, T=5, **kwargs):
     "SoftTarget without detaching the teacher: gradients flow back into the teacher's graph"
@@ -74,10 +69,10 @@ def run_config(name, teacher, student, dls):
     from fasterai_distill.distillation_callback import KnowledgeDistillationCallback
     from fasterai_distill.losses import SoftTarget, Attention
     if name == 'teacher':
-        teacher.eval(); _sync(dls.device); t0 = time.perf_counter()
+        teacher.eval(); sync(dls.device); t0 = time.perf_counter()
         with torch.no_grad():
             for xb, _ in dls.train: teacher(xb)
-        _sync(dls.device); return time.perf_counter() - t0
+        sync(dls.device); return time.perf_counter() - t0
     cbs = {'student': [],
            'soft': [KnowledgeDistillationCallback(teacher, SoftTarget)],
            'attention': [KnowledgeDistillationCallback(teacher, Attention, ['layer2', 'layer3'], ['layer2', 'layer3'])],
@@ -117,29 +112,36 @@ def bench(device, n_batches, rounds):
     teacher, student, dls = make_setup(device, n_batches)
     times = {c: [] for c in CONFIGS}
     run_config('soft', teacher, student, dls)  # warm-up: allocator, kernels, caches
-    for _ in progress_bar(range(rounds), leave=False):
-        for c in CONFIGS: times[c].append(run_config(c, teacher, student, dls) / len(dls.train))
-    t = {c: statistics.median(v) for c, v in times.items()}
+    for r in progress_bar(range(rounds), leave=False):
+        for c in (CONFIGS if r % 2 == 0 else CONFIGS[::-1]):  # alternate the order: slow drifts hit every configuration
+            times[c].append(run_config(c, teacher, student, dls) / len(dls.train))
     mem = {c: measure_memory(c, teacher, student, dls) for c in progress_bar(CONFIGS, leave=False)}
-    return t, mem
+    return times, mem
 
-def report(device, t, mem):
-    dev_name = torch.cuda.get_device_name() if device == 'cuda' else f'CPU ({torch.get_num_threads()} threads)'
-    print(f"\n## {dev_name}: ResNet-34 -> ResNet-18, batches of 32 at 64x64, torch {torch.__version__}\n")
+def report(device, times, mem):
+    t = {c: statistics.median(v) for c, v in times.items()}
+    print(f"\n## {device_name(device)}: ResNet-34 -> ResNet-18, batches of 32 at 64x64, torch {torch.__version__}, "
+          f"median of {len(times['student'])} rounds\n")
     print(f"| configuration | ms / batch | peak memory (MiB) |")
     print(f"|---|---|---|")
     for c in CONFIGS: print(f"| {c} | {t[c]*1e3:.1f} | {mem[c]/2**20:.0f} |")
-    base_t, base_m = t['student'] + t['teacher'], mem['student'] + mem['teacher']
-    print(f"\n| distillation | time / (student + teacher) | peak memory / (student + teacher) | peak memory / student |")
-    print(f"|---|---|---|---|")
+    base_m = mem['student'] + mem['teacher']
+    print(f"\n| distillation | time / (student + teacher) | per-round range | peak memory / (student + teacher) | peak memory / student |")
+    print(f"|---|---|---|---|---|")
     for c in ('soft', 'attention', 'naive'):
-        print(f"| {c} | {t[c]/base_t:.3f} | {mem[c]/base_m:.3f} | {mem[c]/mem['student']:.3f} |")
+        # the ratio of medians, and the range of the ratios within each round (how much the machine's noise moves it)
+        per_round = [x / (s + te) for x, s, te in zip(times[c], times['student'], times['teacher'])]
+        print(f"| {c} | {t[c] / (t['student'] + t['teacher']):.3f} | {min(per_round):.2f}-{max(per_round):.2f} "
+              f"| {mem[c]/base_m:.3f} | {mem[c]/mem['student']:.3f} |")
 
 if __name__ == '__main__':
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument('--device', default=None, help="cpu or cuda (default: cpu, then cuda too if available)")
-    p.add_argument('--batches', type=int, default=12, help="training batches per epoch")
-    p.add_argument('--rounds', type=int, default=5, help="interleaved rounds; the median is reported")
+    p.add_argument('--batches', type=int, default=24, help="training batches per epoch")
+    p.add_argument('--threads', type=int, default=None, help="CPU threads for torch (default: torch's choice, one per core)")
+    p.add_argument('--rounds', type=int, default=7, help="interleaved rounds; the median is reported")
     a = p.parse_args()
+    steady_malloc()
+    if a.threads: torch.set_num_threads(a.threads)
     devices = [a.device] if a.device else ['cpu'] + (['cuda'] if torch.cuda.is_available() else [])
     for d in devices: report(d, *bench(d, a.batches, a.rounds))
