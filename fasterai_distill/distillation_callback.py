@@ -258,6 +258,11 @@ class KnowledgeDistillationCallback(Callback):
         weight = _validate_weight(weight)
         activations_student = _as_names(activations_student)
         t_names = _teacher_names(activations_teacher, len(self.teachers))
+        for names in [activations_student, *t_names]:
+            dup = sorted({n for n in names or [] if names.count(n) > 1})
+            if dup:  # features are passed to the loss as dicts keyed by layer name: a repeated name would drop a pair
+                raise ValueError(f"Layer name(s) {dup} appear more than once in {names}: give each layer once per "
+                                 "list (pair a layer with several others through several callbacks or a CombinedLoss).")
         for names in t_names:
             if (activations_student is None) != (names is None) or \
                (activations_student is not None and len(activations_student) != len(names)):
