@@ -12,7 +12,7 @@ epoch time is kept. Prints the ratios to the plain student epoch and the cache's
     python bench/cache.py                      # CPU
     python bench/cache.py --device cuda --batches 50 --rounds 7
 """
-import argparse, statistics, time
+import argparse, statistics
 import torch
 from torch import nn
 from fastai.data.core import DataLoaders, TfmdLists
@@ -22,8 +22,6 @@ from torchvision.models import resnet18, resnet34
 from fasterai_distill.losses import SoftTarget, Attention
 from fasterai_distill.distillation_callback import KnowledgeDistillationCallback
 from common import TrainTimer, steady_malloc
-
-
 
 def kd_loss(**kw): return SoftTarget(**kw) + Attention(**kw)
 

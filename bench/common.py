@@ -19,8 +19,8 @@ def device_name(device):
 
 # glibc's malloc returns large freed blocks to the OS and adapts its thresholds as it goes, so the big conv buffers
 # of every CPU batch are page-faulted in anew a varying number of times: millions of page faults per run, and timings
-# that move by 10-20% from round to round. Fixed thresholds keep freed memory for reuse (6x fewer page faults
-# measured here), the same for every configuration of a run.
+# that move by 10-20% from round to round. Fixed thresholds keep freed memory for reuse (about 6x fewer page
+# faults in `/usr/bin/time -v`), the same for every configuration of a run.
 _MALLOC_ENV = {'MALLOC_MMAP_THRESHOLD_': str(32 * 2**20), 'MALLOC_TRIM_THRESHOLD_': str(4 * 2**30)}
 
 def steady_malloc():
