@@ -164,6 +164,14 @@ def _pool_to(a: Tensor, size: tuple) -> Tensor:
     pool = F.adaptive_avg_pool1d if a.ndim == 2 else F.adaptive_avg_pool2d
     return pool(a.unsqueeze(1), size).squeeze(1)
 
+def _attention_pair(s: Tensor, t: Tensor, p: float, name: str) -> tuple[Tensor, Tensor, tuple]:
+    "Student and teacher attention maps pooled to their common size and L2-normalised: `(B, H*W)` each, and that size"
+    a_s, a_t = _attention_map(s, p, name), _attention_map(t, p, name)
+    if a_s.ndim != a_t.ndim:
+        raise ValueError(f"{name}: cannot pair a {tuple(s.shape)} feature map with a {tuple(t.shape)} one; pair layers of the same kind (both (B,C,H,W) or both (B,N,C)).")
+    size = tuple(min(i, j) for i, j in zip(a_s.shape[1:], a_t.shape[1:]))
+    return F.normalize(_pool_to(a_s, size).flatten(1), dim=1), F.normalize(_pool_to(a_t, size).flatten(1), dim=1), size
+
 def Attention(fm_s: dict[str, Tensor],  # Student feature maps, layer name → (B,C,H,W) or (B,N,C)
               fm_t: dict[str, Tensor],  # Teacher feature maps, paired with `fm_s` in order
               p: float = 2,             # Power applied to |activations| before the channel mean
@@ -172,11 +180,7 @@ def Attention(fm_s: dict[str, Tensor],  # Student feature maps, layer name → (
     "Attention transfer (Zagoruyko & Komodakis 2017): MSE between L2-normalised channel-mean |f|^p maps, summed over layer pairs"
     total = 0.
     for s, t in _feature_pairs(fm_s, fm_t, 'Attention'):
-        a_s, a_t = _attention_map(s, p, 'Attention'), _attention_map(t, p, 'Attention')
-        if a_s.ndim != a_t.ndim:
-            raise ValueError(f"Attention: cannot pair a {tuple(s.shape)} feature map with a {tuple(t.shape)} one; pair layers of the same kind (both (B,C,H,W) or both (B,N,C)).")
-        size = tuple(min(i, j) for i, j in zip(a_s.shape[1:], a_t.shape[1:]))
-        a_s, a_t = F.normalize(_pool_to(a_s, size).flatten(1), dim=1), F.normalize(_pool_to(a_t, size).flatten(1), dim=1)
+        a_s, a_t, _ = _attention_pair(s, t, p, 'Attention')
         total = total + F.mse_loss(a_s, a_t)
     return total
 

@@ -6,31 +6,20 @@ Docs: https://fasterai-labs.github.io/fasterai_distill/viz.html.md"""
 
 # %% ../nbs/04_viz.ipynb #d5eb892b
 from __future__ import annotations
-from contextlib import contextmanager
 import torch
-import torch.nn.functional as F
 from torch import nn, Tensor
 import matplotlib.pyplot as plt
 import pandas as pd
 from fastcore.basics import listify
 from fastai.callback.hook import hook_outputs
-from .losses import Attention, _attention_map, _pool_to
-from .layers import find_layers, match_feature_layers
+from .losses import Attention, _attention_pair
+from .layers import find_layers, match_feature_layers, _eval_mode
 from .distillation_callback import KnowledgeDistillationCallback
 
 # %% auto #0
 __all__ = ['show_layer_matches', 'plot_attention_maps']
 
 # %% ../nbs/04_viz.ipynb #ef482f6c
-@contextmanager
-def _eval_mode(*models):
-    "Put `models` in eval mode, then restore every submodule's own training flag"
-    modes = [(m, m.training) for model in models for m in model.modules()]
-    for model in models: model.eval()
-    try: yield
-    finally:
-        for m, training in modes: m.training = training
-
 def _device(model): return next(model.parameters(), torch.empty(0)).device
 
 def _features(model:nn.Module, names:list, x:Tensor, role:str)->list[Tensor]:
@@ -93,10 +82,8 @@ def _normalized_attention(fs:Tensor, ft:Tensor, p:float)->tuple[Tensor, Tensor]:
     "The attention maps `Attention` compares: channel mean of |f|^p, pooled to the common size, L2-normalised; `(B,H,W)` each"
     if fs.ndim != 4 or ft.ndim != 4:
         raise ValueError(f"Attention maps are drawn for (B,C,H,W) feature maps, got student {tuple(fs.shape)} and teacher {tuple(ft.shape)}.")
-    a_s, a_t = _attention_map(fs.float(), p, 'plot_attention_maps'), _attention_map(ft.float(), p, 'plot_attention_maps')
-    size = tuple(min(i, j) for i, j in zip(a_s.shape[1:], a_t.shape[1:]))
-    norm = lambda a: F.normalize(_pool_to(a, size).flatten(1), dim=1).view(-1, *size).cpu()
-    return norm(a_s), norm(a_t)
+    a_s, a_t, size = _attention_pair(fs.float(), ft.float(), p, 'plot_attention_maps')
+    return a_s.view(-1, *size).cpu(), a_t.view(-1, *size).cpu()
 
 # %% ../nbs/04_viz.ipynb #5350dedd
 def plot_attention_maps(
