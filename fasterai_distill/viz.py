@@ -33,17 +33,25 @@ def _features(model:nn.Module, names:list, x:Tensor, role:str)->list[Tensor]:
             raise ValueError(f"The {role} layer {n!r} returns a {type(f).__name__}, not a tensor; pick a layer whose output is a feature map.")
     return feats
 
-def _models_and_layers(student, teacher, x, activations_student, activations_teacher):
+def _from_callback(cb, x, activations_student, activations_teacher, teacher_index):
+    "The student, one of the teachers and their layer names, from a `KnowledgeDistillationCallback`"
+    if cb.learn is None:
+        raise ValueError("This callback is not attached to a Learner yet, so there is no student model: add it to a "
+                         "Learner (`Learner(..., cbs=kd_cb)`), or pass the models: `f(student, teacher, x)`.")
+    if cb.teachers is None: raise ValueError("This callback was loaded from an exported Learner, without its teacher: pass the models.")
+    models = cb.teachers.models
+    if not 0 <= teacher_index < len(models):
+        raise ValueError(f"`teacher_index={teacher_index}`, but the callback has {len(models)} teacher(s): pick 0 to {len(models) - 1}.")
+    if activations_student is None and activations_teacher is None:
+        activations_student, activations_teacher = cb.activations_student, cb.teachers.layer_names[teacher_index]
+    return cb.learn.model, models[teacher_index], x, activations_student, activations_teacher
+
+def _models_and_layers(student, teacher, x, activations_student, activations_teacher, teacher_index=0):
     "Accept two models or a `KnowledgeDistillationCallback` (then `teacher` holds the input); fill in the layer names"
     if isinstance(student, KnowledgeDistillationCallback):
         if x is not None: raise TypeError("With a callback, call `f(kd_cb, x)`: the input is the second argument.")
-        cb, x = student, teacher
-        if getattr(cb, 'learn', None) is None:
-            raise ValueError("This callback is not attached to a Learner yet, so there is no student model: add it to a "
-                             "Learner (`Learner(..., cbs=kd_cb)`), or pass the models: `f(student, teacher, x)`.")
-        student, teacher = cb.learn.model, cb.teacher
-        if activations_student is None and activations_teacher is None:
-            activations_student, activations_teacher = cb.activations_student, cb.activations_teacher
+        student, teacher, x, activations_student, activations_teacher = _from_callback(
+            student, teacher, activations_student, activations_teacher, teacher_index)
     if x is None: raise TypeError("Pass an input batch `x`, e.g. `dls.one_batch()[0]`.")
     if activations_student is None and activations_teacher is None:
         layers = match_feature_layers(student, teacher, x)
@@ -61,9 +69,10 @@ def show_layer_matches(
     x:Tensor=None,             # An input batch, e.g. `dls.one_batch()[0]`; only its first sample is used
     activations_student=None,  # Student layer name(s); default: the callback's, else `match_feature_layers`
     activations_teacher=None,  # Teacher layer name(s), paired in order with `activations_student`
+    teacher_index:int=0,       # With a callback that has several teachers: which one to show
 )->pd.DataFrame:
     "Table of the paired student and teacher layers with the shape of their outputs (batch dimension left out)"
-    student, teacher, x, names_s, names_t = _models_and_layers(student, teacher, x, activations_student, activations_teacher)
+    student, teacher, x, names_s, names_t = _models_and_layers(student, teacher, x, activations_student, activations_teacher, teacher_index)
     fs, ft = _features(student, names_s, x[:1], 'student'), _features(teacher, names_t, x[:1], 'teacher')
     shape = lambda f: ' × '.join(map(str, f.shape[1:]))
     return pd.DataFrame({'student layer': names_s, 'student output': [shape(f) for f in fs],
@@ -92,6 +101,7 @@ def plot_attention_maps(
     x:Tensor=None,             # A batch of images `(B,C,H,W)`, e.g. `dls.one_batch()[0]`; its first `n` are shown
     activations_student=None,  # Student layer name(s); default: the callback's, else `match_feature_layers`
     activations_teacher=None,  # Teacher layer name(s), paired in order with `activations_student`
+    teacher_index:int=0,       # With a callback that has several teachers: which one to show
     n:int=4,                   # Number of samples (rows)
     p:float=2,                 # Power of |activations| in the attention map, as in `Attention`
     show_input:bool=True,      # Show the input image in the first column
@@ -99,7 +109,7 @@ def plot_attention_maps(
     size:float=1.6,            # Size of one panel, in inches
 )->plt.Figure:
     "Plot the student's and the teacher's attention maps side by side: one row per sample, two columns per layer pair"
-    student, teacher, x, names_s, names_t = _models_and_layers(student, teacher, x, activations_student, activations_teacher)
+    student, teacher, x, names_s, names_t = _models_and_layers(student, teacher, x, activations_student, activations_teacher, teacher_index)
     x = x[:n]
     fs, ft = _features(student, names_s, x, 'student'), _features(teacher, names_t, x, 'teacher')
     maps = [_normalized_attention(s, t, p) for s, t in zip(fs, ft)]
