@@ -5,7 +5,8 @@ ResNet-34 teacher -> ResNet-18 student (torchvision, random init), random 64x64 
 In one run it measures, per training batch:
   student   plain student training (fastai Learner, no callback)
   teacher   teacher inference forward alone (eval, no_grad) on the same batches
-  soft      distillation with SoftTarget
+  soft      distillation with SoftTarget (the teacher runs right after the student's forward, as the callback does)
+  soft-first  (placement check) the same with the teacher run before the student's forward instead
   attention distillation with Attention on two layer pairs (layer2, layer3)
 
   naive     (reference) SoftTarget with the teacher run with autograd on and the loss not detaching it, so the
@@ -31,7 +32,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 import torch.nn.functional as F
 
-CONFIGS = ['student', 'teacher', 'soft', 'attention', 'naive']
+CONFIGS = ['student', 'teacher', 'soft', 'soft-first', 'attention', 'naive']
 
 def make_setup(device, n_batches, bs=32, size=64, seed=0):
     from torchvision.models import resnet18, resnet34
@@ -53,15 +54,26 @@ def naive_soft_target(pred, teacher_pred, T=5, **kwargs):
 
 def naive_callback(teacher, loss):
     "The reference: the same callback, but the teacher forward keeps its autograd graph"
-    from fasterai_distill.distillation_callback import KnowledgeDistillationCallback
+    from fasterai_distill.distillation_callback import KnowledgeDistillationCallback, Teachers
+    class GradTeachers(Teachers):
+        def __call__(self, xb): return [self.output_fn(m(*xb)) for m in self.models], [{} for _ in self.models]
     class Naive(KnowledgeDistillationCallback):
-        def _teacher_outputs(self):  # what the callback runs before each student forward, here without `torch.no_grad()`
-            self.teacher_pred = self.output_fn(self.teacher(*self.learn.xb))
-            self.fm_t = {}
-        def after_fit(self):
-            super().after_fit()
-            self.teacher.zero_grad(set_to_none=True)
-    return Naive(teacher, naive_soft_target)
+        def after_fit(self): self.teacher.zero_grad(set_to_none=True)
+    kd = Naive(teacher, loss)
+    kd.teachers = GradTeachers(kd.teachers.models, kd.teachers.layer_names, kd.teachers.weights)
+    return kd
+
+def teacher_first_callback(teacher, loss):
+    "The other placement: the teacher runs before the student's forward (in `before_batch`), not right after it"
+    from fasterai_distill.distillation_callback import KnowledgeDistillationCallback
+    class TeacherFirst(KnowledgeDistillationCallback):
+        def before_batch(self):
+            super().before_batch()
+            self.early = self.teachers(self.learn.xb)
+        def after_pred(self):  # outputs-only losses: no student features to collect
+            (self.teacher_preds, self.fm_ts), self.early = self.early, None
+            self.fm_ss = [{}] * len(self.teachers)
+    return TeacherFirst(teacher, loss)
 
 def run_config(name, teacher, student, dls):
     "Seconds spent on the training batches of one epoch of configuration `name`"
@@ -76,7 +88,8 @@ def run_config(name, teacher, student, dls):
     cbs = {'student': [],
            'soft': [KnowledgeDistillationCallback(teacher, SoftTarget)],
            'attention': [KnowledgeDistillationCallback(teacher, Attention, ['layer2', 'layer3'], ['layer2', 'layer3'])],
-           'naive': [naive_callback(teacher, SoftTarget)]}[name]
+           'soft-first': [teacher_first_callback(teacher, SoftTarget)],
+           'naive': [naive_callback(teacher, naive_soft_target)]}[name]
     timer = TrainTimer()
     learn = Learner(dls, student, loss_func=nn.CrossEntropyLoss(), cbs=cbs)
     with learn.no_bar(), learn.no_logging(): learn.fit(1, 1e-3, cbs=timer)
@@ -128,7 +141,7 @@ def report(device, times, mem):
     base_m = mem['student'] + mem['teacher']
     print(f"\n| distillation | time / (student + teacher) | per-round range | peak memory / (student + teacher) | peak memory / student |")
     print(f"|---|---|---|---|---|")
-    for c in ('soft', 'attention', 'naive'):
+    for c in ('soft', 'soft-first', 'attention', 'naive'):
         # the ratio of medians, and the range of the ratios within each round (how much the machine's noise moves it)
         per_round = [x / (s + te) for x, s, te in zip(times[c], times['student'], times['teacher'])]
         print(f"| {c} | {t[c] / (t['student'] + t['teacher']):.3f} | {min(per_round):.2f}-{max(per_round):.2f} "
