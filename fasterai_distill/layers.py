@@ -15,6 +15,7 @@ from torch import nn, Tensor
 from fastcore.basics import listify
 from fastai.torch_core import to_device
 from fastai.callback.hook import Hooks
+from .core import add_param_docs
 
 # %% auto #0
 __all__ = ['get_model_layers', 'get_module_by_name', 'unwrap_model', 'find_layers', 'check_layer_names', 'match_feature_layers']
@@ -23,10 +24,11 @@ __all__ = ['get_model_layers', 'get_module_by_name', 'unwrap_model', 'find_layer
 def get_model_layers(
     model:nn.Module,          # Model to inspect
     getLayerRepr:bool=False,  # Return an `OrderedDict` name -> `repr(module)` instead of a list of names
+    get_layer_repr:bool=False, # The same flag, as fasterai's current release spells it
 )->list[str]|OrderedDict:
     "Dotted names of every submodule of `model` (nested ones included, the root excluded), in definition order"
     named = [(n, m) for n, m in model.named_modules(remove_duplicate=False) if n]
-    if getLayerRepr: return OrderedDict((n, repr(m)) for n, m in named)
+    if getLayerRepr or get_layer_repr: return OrderedDict((n, repr(m)) for n, m in named)
     return [n for n, _ in named]
 
 # %% ../nbs/02_layers.ipynb #caadca15
@@ -162,3 +164,6 @@ def match_feature_layers(
     t = _candidates(unwrap_model(teacher_model), xb, pick)
     shared = sorted((r for r in s.keys() & t.keys() if r != (1, 1)), key=lambda r: (r[0]*r[1], r), reverse=True)
     return {'student': [s[r] for r in shared], 'teacher': [t[r] for r in shared]}
+
+# %% ../nbs/02_layers.ipynb #786c4bc0
+for _o in (get_model_layers, get_module_by_name, unwrap_model, find_layers, check_layer_names, match_feature_layers): add_param_docs(_o)

@@ -6,15 +6,17 @@ Docs: https://fasterai-labs.github.io/fasterai_distill/losses.html.md"""
 
 # %% ../nbs/00_losses.ipynb #c84d7965
 from __future__ import annotations
-import functools
+import difflib, functools, inspect
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from fastcore.basics import listify
+from .core import add_param_docs
 
 # %% auto #0
-__all__ = ['SoftTarget', 'Logits', 'Mutual', 'DecoupledKD', 'Attention', 'FitNet', 'ActivationBoundaries', 'MMD', 'FeatureL1',
-           'FeatureL2', 'Similarity', 'PKT', 'RKD', 'CombinedLoss']
+__all__ = ['callback_keywords', 'strict_keywords', 'check_loss_keywords', 'SoftTarget', 'SoftEntropy', 'Logits', 'Mutual',
+           'DecoupledKD', 'Attention', 'FitNet', 'ActivationBoundaries', 'MMD', 'FeatureL1', 'FeatureL2', 'Similarity',
+           'PKT', 'RKD', 'CombinedLoss']
 
 # %% ../nbs/00_losses.ipynb #72332101
 def _float32(x: Tensor) -> Tensor:
@@ -44,8 +46,14 @@ def _channels(x: Tensor) -> int:
     "Channel count: dim 1 for `(B,C,H,W)` maps, last dim for `(B,N,C)` token features"
     return x.shape[-1] if x.ndim == 3 else x.shape[1]
 
-def _feature_pairs(fm_s: dict, fm_t: dict, name: str, same_shape: bool = False) -> list[tuple[Tensor, Tensor]]:
-    "Pair student and teacher feature maps in iteration order, checking them; teacher detached, both float32"
+def _positions_mean(x: Tensor) -> Tensor:
+    "Mean over the positions, dims kept: maps `(B,C,H,W)` → `(B,C,1,1)`, tokens `(B,N,C)` → `(B,1,C)`; `(B,C)` unchanged"
+    if x.ndim == 3: return x.mean(1, keepdim=True)
+    return x.mean(tuple(range(2, x.ndim)), keepdim=True) if x.ndim > 3 else x
+
+def _feature_pairs(fm_s: dict, fm_t: dict, name: str, same_shape: bool = False,
+                   spatial_avg: bool | None = None) -> list[tuple[Tensor, Tensor]]:
+    "Pair student and teacher features in iteration order, checked; teacher detached, both float32, averaged over positions with `spatial_avg` (None: the loss has no such option)"
     if not fm_s or not fm_t:
         raise ValueError(f"{name} is a feature loss but got no feature maps (fm_s: {len(fm_s or {})}, fm_t: {len(fm_t or {})} layers). "
                          "Give the callback `activations_student` and `activations_teacher` layer names.")
@@ -57,26 +65,72 @@ def _feature_pairs(fm_s: dict, fm_t: dict, name: str, same_shape: bool = False) 
         mismatch = f"{name}: student layer '{ns}' {tuple(s.shape)} and teacher layer '{nt}' {tuple(t.shape)}"
         if s.shape[0] != t.shape[0]:
             raise ValueError(f"{mismatch} have different batch sizes; pair activations of the same batch.")
+        same_width = s.ndim == t.ndim and _channels(s) == _channels(t)
+        s, t = _float32(s), _float32(t.detach())
+        if spatial_avg: s, t = _positions_mean(s), _positions_mean(t)
         if same_shape and s.shape != t.shape:
-            what = (f"different channel counts ({_channels(s)} vs {_channels(t)})" if s.ndim == t.ndim and _channels(s) != _channels(t)
-                    else "different shapes")
-            raise ValueError(f"{mismatch} have {what}. {name} compares features element-wise: pair layers of the same shape, "
-                             "or project the student features to the teacher's shape with an adapter (e.g. a 1x1 conv; "
-                             "see the callback's feature-adapter option).")
-        pairs.append((_float32(s), _float32(t.detach())))
+            what = "different shapes" if same_width or s.ndim != t.ndim else f"different channel counts ({_channels(s)} vs {_channels(t)})"
+            avg = " (or of the same width, with `spatial_avg=True` to compare their means over positions)" if same_width and spatial_avg is False else ""
+            raise ValueError(f"{mismatch} have {what}. {name} compares features element-wise: pair layers of the same shape{avg}, "
+                             "or pass `adapters=True` to the callback, `KnowledgeDistillationCallback(..., adapters=True)`, "
+                             "which learns a projection of each student feature to its teacher's shape.")
+        pairs.append((s, t))
     return pairs
 
 def _kl_rows(log_p: Tensor, log_q: Tensor) -> Tensor:
     "KL(p || q) of each row, from log-probabilities (finite even where p underflows to 0)"
     return F.kl_div(log_q, log_p, reduction='none', log_target=True).sum(-1)
 
+# %% ../nbs/00_losses.ipynb #cdc75365
+callback_keywords = ('pred', 'teacher_pred', 'fm_s', 'fm_t', 'target', 'head_pred')  # what the callback passes to every loss
+
+def _named_params(f) -> list[str]:
+    return [p.name for p in inspect.signature(f).parameters.values() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+
+def _guesses(key: str, params: list[str]) -> list[str]:
+    "Parameters `key` was probably meant to be, best first: close spellings, else a one-letter parameter that is its initial (T for temperature)"
+    lower = {p.lower(): p for p in params}
+    close = [lower[m] for m in difflib.get_close_matches(key.lower(), list(lower), n=3, cutoff=0.6)]
+    return close or [p for p in params if len(p) == 1 and p.lower() == key[:1].lower()]
+
+def _unknown_keywords_error(name: str, unknown: list[str], params: list[str]) -> TypeError:
+    guesses = list(dict.fromkeys(g for k in unknown for g in _guesses(k, params)))
+    return TypeError(f"{name} got unexpected keyword argument{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}"
+                     + (f" (did you mean {' or '.join(map(repr, guesses))}?)" if guesses else '')
+                     + f". Its parameters are: {', '.join(params)}.")
+
+def strict_keywords(
+    loss, # A loss function with `**kwargs`
+):
+    "Wrap `loss` so that a keyword outside its parameters and `callback_keywords` raises a `TypeError` naming its parameters"
+    params = _named_params(loss)
+    known = frozenset(params) | frozenset(callback_keywords)
+    @functools.wraps(loss)
+    def _strict(*args, **kwargs):
+        if not known.issuperset(kwargs): raise _unknown_keywords_error(loss.__name__, [k for k in kwargs if k not in known], params)
+        return loss(*args, **kwargs)
+    _strict._known_keywords = known
+    return _strict
+
+def check_loss_keywords(
+    loss, # A loss, or a `functools.partial` of one
+):
+    "Raise now the `TypeError` a loss wrapped by `strict_keywords` would raise at its first call for a keyword bound by `functools.partial`; returns `loss`"
+    f, bound = loss, []
+    while isinstance(f, functools.partial): bound, f = [*f.keywords, *bound], f.func
+    known = getattr(f, '_known_keywords', None)
+    if known is not None and not known.issuperset(bound):
+        raise _unknown_keywords_error(f.__name__, [k for k in dict.fromkeys(bound) if k not in known], _named_params(f))
+    return loss
+
 # %% ../nbs/00_losses.ipynb #ebcecb4b
+@strict_keywords
 def SoftTarget(pred: Tensor,                 # Student logits
                teacher_pred: Tensor,         # Teacher logits, same shape as `pred`
                T: float = 5,                 # Temperature softening both distributions
                student_softening: bool = True, # Soften the student too; False: student at T=1 and no T² factor
                class_dim: int = 1,           # Dimension of `pred` holding the classes
-               **kwargs
+               **kwargs                      # The callback's other keywords (`callback_keywords`), unused
 ) -> Tensor:
     "Hinton et al. (2015) distillation: T² · KL(softmax(teacher/T) ‖ softmax(student/T)), batch mean"
     _check_temperature(T, 'SoftTarget')
@@ -85,20 +139,52 @@ def SoftTarget(pred: Tensor,                 # Student logits
     kl = _kl_rows(F.log_softmax(t / T, dim=-1), log_q).mean()
     return kl * T**2 if student_softening else kl
 
+# %% ../nbs/00_losses.ipynb #b4d1477a
+@strict_keywords
+def SoftEntropy(pred: Tensor,                    # Student logits
+                teacher_pred: Tensor,            # Teacher logits, same shape as `pred`
+                head_pred: Tensor | None = None, # Student's head applied to the teacher's features, same shape; needed when `lambda2` != 0
+                T: float = 2,                    # Temperature softening the teacher (and the student, with `student_softening`)
+                lambda1: float = 1.,             # Weight of the term on the student's logits `pred`
+                lambda2: float = 0.,             # Weight of the term on `head_pred`
+                student_softening: bool = True,  # Divide `pred` and `head_pred` by T too; False: they stay at T=1
+                class_dim: int = 1,              # Dimension of the logits holding the classes
+                **kwargs                         # The callback's other keywords (`callback_keywords`), unused
+) -> Tensor:
+    "Soft cross-entropy to softmax(teacher/T): λ1·CE(student) + λ2·CE(student head on teacher features), batch mean, no T² factor"
+    _check_temperature(T, 'SoftEntropy')
+    if lambda2 != 0 and head_pred is None:
+        raise ValueError(f"SoftEntropy: lambda2={lambda2} weights the term on `head_pred`, the student's head applied to the teacher's "
+                         "features, but no `head_pred` was passed. Give KnowledgeDistillationCallback `student_head=` and "
+                         "`teacher_head_input=` so that it computes it, or set lambda2=0.")
+    s, t = _logit_rows(pred, teacher_pred, 'SoftEntropy', class_dim)
+    p_t = F.softmax(t / T, dim=-1)
+    soft_ce = lambda z: -(p_t * F.log_softmax(z / T if student_softening else z, dim=-1)).sum(-1).mean()
+    loss = lambda1 * soft_ce(s)
+    if lambda2 != 0:
+        if head_pred.shape != teacher_pred.shape:
+            raise ValueError(f"SoftEntropy: `head_pred` has shape {tuple(head_pred.shape)} but the teacher logits {tuple(teacher_pred.shape)}; "
+                             "the student's head on the teacher's features must predict the same classes for the same samples.")
+        h, _ = _logit_rows(head_pred, teacher_pred, 'SoftEntropy', class_dim)
+        loss = loss + lambda2 * soft_ce(h)
+    return loss
+
 # %% ../nbs/00_losses.ipynb #1af14ded
+@strict_keywords
 def Logits(pred: Tensor,          # Student logits
            teacher_pred: Tensor,  # Teacher logits, same shape as `pred`
-           **kwargs
+           **kwargs               # The callback's other keywords (`callback_keywords`), unused
 ) -> Tensor:
     "Mean squared error between student and teacher logits (logit matching)"
     _check_logits(pred, teacher_pred, 'Logits')
     return F.mse_loss(_float32(pred), _float32(teacher_pred.detach()))
 
 # %% ../nbs/00_losses.ipynb #5c3ce027
+@strict_keywords
 def Mutual(pred: Tensor,          # Student logits
            teacher_pred: Tensor,  # Teacher (or peer) logits, same shape as `pred`
            class_dim: int = 1,    # Dimension of `pred` holding the classes
-           **kwargs
+           **kwargs               # The callback's other keywords (`callback_keywords`), unused
 ) -> Tensor:
     "Deep Mutual Learning (Zhang et al. 2018): KL(softmax(teacher) ‖ softmax(student)), batch mean"
     s, t = _logit_rows(pred, teacher_pred, 'Mutual', class_dim)
@@ -121,6 +207,7 @@ def _nontarget_log_probs(log_p: Tensor, is_target: Tensor) -> tuple[Tensor, Tens
     log_rest = log_p.masked_fill(is_target, float('-inf')).logsumexp(-1, keepdim=True)  # log Σ_{i≠y} p_i
     return log_rest, log_p - log_rest  # the target column is finite garbage, masked out by the caller
 
+@strict_keywords
 def DecoupledKD(pred: Tensor,                 # Student logits
                 teacher_pred: Tensor,         # Teacher logits, same shape as `pred`
                 T: float = 4,                 # Temperature
@@ -129,7 +216,7 @@ def DecoupledKD(pred: Tensor,                 # Student logits
                 target: Tensor | None = None, # Ground-truth class indices (logits' shape without `class_dim`), required
                 normalize: bool = False,      # Normalized KD (Yang et al. 2023) instead of DKD
                 class_dim: int = 1,           # Dimension of `pred` holding the classes
-                **kwargs
+                **kwargs                      # The callback's other keywords (`callback_keywords`), unused
 ) -> Tensor:
     "Decoupled KD (Zhao et al. 2022): T²(α·TCKD + β·NCKD). `normalize=True`: Normalized KD (Yang et al. 2023)"
     _check_temperature(T, 'DecoupledKD')
@@ -172,10 +259,11 @@ def _attention_pair(s: Tensor, t: Tensor, p: float, name: str) -> tuple[Tensor, 
     size = tuple(min(i, j) for i, j in zip(a_s.shape[1:], a_t.shape[1:]))
     return F.normalize(_pool_to(a_s, size).flatten(1), dim=1), F.normalize(_pool_to(a_t, size).flatten(1), dim=1), size
 
+@strict_keywords
 def Attention(fm_s: dict[str, Tensor],  # Student feature maps, layer name → (B,C,H,W) or (B,N,C)
               fm_t: dict[str, Tensor],  # Teacher feature maps, paired with `fm_s` in order
               p: float = 2,             # Power applied to |activations| before the channel mean
-              **kwargs
+              **kwargs                  # The callback's other keywords (`callback_keywords`), unused
 ) -> Tensor:
     "Attention transfer (Zagoruyko & Komodakis 2017): MSE between L2-normalised channel-mean |f|^p maps, summed over layer pairs"
     total = 0.
@@ -185,18 +273,21 @@ def Attention(fm_s: dict[str, Tensor],  # Student feature maps, layer name → (
     return total
 
 # %% ../nbs/00_losses.ipynb #94f80108
+@strict_keywords
 def FitNet(fm_s: dict[str, Tensor],  # Student feature maps, layer name → tensor
            fm_t: dict[str, Tensor],  # Teacher feature maps of the same shapes, paired in order
-           **kwargs
+           spatial_avg: bool = False, # Compare each feature's mean over its positions (H×W, or tokens)
+           **kwargs                   # The callback's other keywords (`callback_keywords`), unused
 ) -> Tensor:
     "FitNets hints (Romero et al. 2015): MSE between paired feature maps, summed over layer pairs"
-    return sum(F.mse_loss(s, t) for s, t in _feature_pairs(fm_s, fm_t, 'FitNet', same_shape=True))
+    return sum(F.mse_loss(s, t) for s, t in _feature_pairs(fm_s, fm_t, 'FitNet', same_shape=True, spatial_avg=spatial_avg))
 
 # %% ../nbs/00_losses.ipynb #e2bc5828
+@strict_keywords
 def ActivationBoundaries(fm_s: dict[str, Tensor],  # Student pre-activation maps, layer name → tensor
                          fm_t: dict[str, Tensor],  # Teacher pre-activation maps of the same shapes, paired in order
                          m: float = 2,             # Margin around the activation boundary
-                         **kwargs
+                         **kwargs                  # The callback's other keywords (`callback_keywords`), unused
 ) -> Tensor:
     "Activation-boundary transfer (Heo et al. 2019): squared hinge on the student's side of the teacher's neuron boundaries"
     total = 0.
@@ -214,14 +305,16 @@ def _sq_dists(x: Tensor) -> Tensor:
 
 def _normalized_rows(x: Tensor) -> Tensor: return F.normalize(x.flatten(1), dim=1)
 
+@strict_keywords
 def MMD(fm_s: dict[str, Tensor],                     # Student feature maps, layer name → tensor
         fm_t: dict[str, Tensor],                     # Teacher feature maps of the same shapes, paired in order
         bandwidths: tuple = (1, 2, 4, 8, 16),        # Gaussian kernel bandwidths, as multiples of the mean squared distance
-        **kwargs
+        spatial_avg: bool = False,                   # Compare each feature's mean over its positions (H×W, or tokens)
+        **kwargs                                     # The callback's other keywords (`callback_keywords`), unused
 ) -> Tensor:
     "Multi-kernel Gaussian MMD² between the batches of L2-normalised student and teacher features, summed over layer pairs"
     total = 0.
-    for s, t in _feature_pairs(fm_s, fm_t, 'MMD', same_shape=True):
+    for s, t in _feature_pairs(fm_s, fm_t, 'MMD', same_shape=True, spatial_avg=spatial_avg):
         n = len(s)
         z = torch.cat([_normalized_rows(s), _normalized_rows(t)])
         d = _sq_dists(z)
@@ -230,38 +323,47 @@ def MMD(fm_s: dict[str, Tensor],                     # Student feature maps, lay
         total = total + k[:n, :n].mean() + k[n:, n:].mean() - 2 * k[:n, n:].mean()
     return total
 
+@strict_keywords
 def FeatureL1(fm_s: dict[str, Tensor],  # Student feature maps, layer name → tensor
               fm_t: dict[str, Tensor],  # Teacher feature maps of the same shapes, paired in order
-              **kwargs
+              spatial_avg: bool = False, # Compare each feature's mean over its positions (H×W, or tokens)
+              **kwargs                   # The callback's other keywords (`callback_keywords`), unused
 ) -> Tensor:
     "Mean absolute difference between L2-normalised flattened features, summed over layer pairs"
-    return sum(F.l1_loss(_normalized_rows(s), _normalized_rows(t)) for s, t in _feature_pairs(fm_s, fm_t, 'FeatureL1', same_shape=True))
+    return sum(F.l1_loss(_normalized_rows(s), _normalized_rows(t)) for s, t in _feature_pairs(fm_s, fm_t, 'FeatureL1', same_shape=True, spatial_avg=spatial_avg))
 
+@strict_keywords
 def FeatureL2(fm_s: dict[str, Tensor],  # Student feature maps, layer name → tensor
               fm_t: dict[str, Tensor],  # Teacher feature maps of the same shapes, paired in order
-              **kwargs
+              spatial_avg: bool = False, # Compare each feature's mean over its positions (H×W, or tokens)
+              **kwargs                   # The callback's other keywords (`callback_keywords`), unused
 ) -> Tensor:
     "Mean squared difference between L2-normalised flattened features, summed over layer pairs"
-    return sum(F.mse_loss(_normalized_rows(s), _normalized_rows(t)) for s, t in _feature_pairs(fm_s, fm_t, 'FeatureL2', same_shape=True))
+    return sum(F.mse_loss(_normalized_rows(s), _normalized_rows(t)) for s, t in _feature_pairs(fm_s, fm_t, 'FeatureL2', same_shape=True, spatial_avg=spatial_avg))
 
 # %% ../nbs/00_losses.ipynb #e88d5c89
-def _flat_pairs(fm_s, fm_t, name): return [(s.flatten(1), t.flatten(1)) for s, t in _feature_pairs(fm_s, fm_t, name)]
+def _flat_pairs(fm_s, fm_t, name, spatial_avg=False):
+    return [(s.flatten(1), t.flatten(1)) for s, t in _feature_pairs(fm_s, fm_t, name, spatial_avg=spatial_avg)]
 
+@strict_keywords
 def Similarity(fm_s: dict[str, Tensor],  # Student feature maps, layer name → tensor
                fm_t: dict[str, Tensor],  # Teacher feature maps (any width), paired in order
                pred: Tensor | None = None, # Unused, kept for API compatibility
                p: float = 2,             # Norm used to normalise the rows of the similarity matrices
-               **kwargs
+               spatial_avg: bool = False, # Relate each feature's mean over its positions (H×W, or tokens)
+               **kwargs                   # The callback's other keywords (`callback_keywords`), unused
 ) -> Tensor:
     "Similarity-preserving KD (Tung & Mori 2019): ‖G_s − G_t‖²_F / B² of row-normalised batch Gram matrices, summed over layer pairs"
     gram = lambda f: F.normalize(f @ f.T, p=p, dim=1)
-    return sum(F.mse_loss(gram(s), gram(t)) for s, t in _flat_pairs(fm_s, fm_t, 'Similarity'))
+    return sum(F.mse_loss(gram(s), gram(t)) for s, t in _flat_pairs(fm_s, fm_t, 'Similarity', spatial_avg))
 
 # %% ../nbs/00_losses.ipynb #8439708b
+@strict_keywords
 def PKT(fm_s: dict[str, Tensor],  # Student feature maps, layer name → tensor
         fm_t: dict[str, Tensor],  # Teacher feature maps (any width), paired in order
         eps: float = 1e-7,        # Added to the probabilities for numerical stability
-        **kwargs
+        spatial_avg: bool = False, # Relate each feature's mean over its positions (H×W, or tokens)
+        **kwargs                   # The callback's other keywords (`callback_keywords`), unused
 ) -> Tensor:
     "Probabilistic knowledge transfer (Passalis & Tefas 2018): KL(teacher ‖ student) of cosine-similarity conditional probabilities"
     def cond_probs(f):
@@ -269,7 +371,7 @@ def PKT(fm_s: dict[str, Tensor],  # Student feature maps, layer name → tensor
         k = (f @ f.T + 1) / 2
         return k / k.sum(1, keepdim=True)
     total = 0.
-    for s, t in _flat_pairs(fm_s, fm_t, 'PKT'):
+    for s, t in _flat_pairs(fm_s, fm_t, 'PKT', spatial_avg):
         ps, pt = cond_probs(s), cond_probs(t)
         total = total + (pt * ((pt + eps) / (ps + eps)).log()).sum(1).mean()
     return total
@@ -287,15 +389,17 @@ def _rkd_relations(f: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     angle = dot / (dist[:, :, None] * dist[:, None, :]).clamp_min(1e-12) * triplet
     return dist / (dist.sum() / (n * (n - 1))).clamp_min(1e-12), angle, pair, triplet
 
+@strict_keywords
 def RKD(fm_s: dict[str, Tensor],  # Student feature maps, layer name → tensor
         fm_t: dict[str, Tensor],  # Teacher feature maps (any width), paired in order
         w_dist: float = 25,       # Weight of the distance-wise term
         w_angle: float = 50,      # Weight of the angle-wise term
-        **kwargs
+        spatial_avg: bool = False, # Relate each feature's mean over its positions (H×W, or tokens)
+        **kwargs                   # The callback's other keywords (`callback_keywords`), unused
 ) -> Tensor:
     "Relational KD (Park et al. 2019): Smooth-L1 on normalised pairwise distances and triplet angles, summed over layer pairs"
     total = 0.
-    for s, t in _flat_pairs(fm_s, fm_t, 'RKD'):
+    for s, t in _flat_pairs(fm_s, fm_t, 'RKD', spatial_avg):
         if len(s) < 2: total = total + 0. * s.sum(); continue  # no pairs to relate
         d_s, a_s, pair, triplet = _rkd_relations(s)
         with torch.no_grad(): d_t, a_t, _, _ = _rkd_relations(t)
@@ -318,15 +422,23 @@ def _loss_repr(loss) -> str:
 class CombinedLoss:
     "Weighted sum of distillation losses, called like a single loss; keeps the last per-component values"
     def __init__(self,
-                 losses,               # A list of losses, or a dict loss → weight
+                 losses,               # A loss, a list of losses, or a dict loss → weight
+                 *more_losses,         # Further losses after a first one: `CombinedLoss(SoftTarget, Attention)`
                  weights=None,         # One weight per loss (default: all 1.)
     ):
+        if callable(losses): losses = [losses, *more_losses]
+        elif more_losses:
+            if len(more_losses) > 1 or weights is not None or any(callable(w) for w in listify(more_losses[0])):
+                raise ValueError("CombinedLoss takes the losses one by one, `CombinedLoss(SoftTarget, Attention)`, or in one list "
+                                 "or dict, `CombinedLoss([SoftTarget, Attention], weights=[1., 100.])`, not both.")
+            weights = more_losses[0]  # `CombinedLoss([a, b], [1., 100.])`: the weights given positionally
         if isinstance(losses, dict):
             if weights is not None: raise ValueError("CombinedLoss: give weights either as the values of the `losses` dict or as `weights`, not both.")
             losses, weights = list(losses.keys()), list(losses.values())
         self.losses = listify(losses)
         if not self.losses: raise ValueError("CombinedLoss needs at least one loss.")
         if not all(callable(l) for l in self.losses): raise ValueError(f"CombinedLoss: every loss must be callable, got {self.losses}.")
+        for l in self.losses: check_loss_keywords(l)
         self.weights = [1.] * len(self.losses) if weights is None else [float(w) for w in listify(weights)]
         if len(self.weights) != len(self.losses):
             raise ValueError(f"CombinedLoss: {len(self.losses)} losses but {len(self.weights)} weights; give one weight per loss.")
@@ -341,3 +453,7 @@ class CombinedLoss:
 
     def __repr__(self):
         return f"{type(self).__name__}({' + '.join(f'{w:g}*{_loss_repr(l)}' for w, l in zip(self.weights, self.losses))})"
+
+# %% ../nbs/00_losses.ipynb #387daf88
+for _o in (SoftTarget, SoftEntropy, Logits, Mutual, DecoupledKD, Attention, FitNet, ActivationBoundaries, MMD, FeatureL1,
+           FeatureL2, Similarity, PKT, RKD, CombinedLoss, strict_keywords, check_loss_keywords): add_param_docs(_o)

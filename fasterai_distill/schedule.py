@@ -13,6 +13,7 @@ import numpy as np
 import matplotlib.pyplot as plt
 from fastcore.basics import store_attr
 from fastai.callback.schedule import sched_cos, sched_lin
+from .core import add_param_docs
 
 # %% auto #0
 __all__ = ['lin', 'cos', 'agp', 'one_cycle', 'exp_ramp', 'one_shot', 'iterative', 'dsd', 'constant', 'schedules', 'Schedule',
@@ -82,28 +83,50 @@ class Schedule:
         return s + ')'
 
 # %% ../nbs/01_schedule.ipynb #467cb110
-def sched_oneshot(start, end, pos):
+def sched_oneshot(start, # Value at `pos`=0
+                  end,   # Value at `pos`=1
+                  pos,   # Position in the schedule's window, from 0 to 1
+                 ):
     "Jump straight to `end`"
     return end
 
-def sched_iterative(start, end, pos, n_steps:int=3):
+def sched_iterative(start,         # Value at `pos`=0
+                    end,           # Value at `pos`=1
+                    pos,           # Position in the schedule's window, from 0 to 1
+                    n_steps:int=3, # Number of equal steps
+                   ):
     "Go from `start` to `end` in `n_steps` equal steps"
     return start + (end-start) * math.ceil(pos*n_steps) / n_steps
 
-def sched_agp(start, end, pos):
+def sched_agp(start, # Value at `pos`=0
+              end,   # Value at `pos`=1
+              pos,   # Position in the schedule's window, from 0 to 1
+             ):
     "Cubic ramp of Automated Gradual Pruning (Zhu & Gupta, 2017): fast at first, then flattening out"
     return end + (start-end) * (1-pos)**3
 
-def sched_onecycle(start, end, pos, alpha:float=14., beta:float=6.):
+def sched_onecycle(start,           # Value at `pos`=0
+                   end,             # Value at `pos`=1
+                   pos,             # Position in the schedule's window, from 0 to 1
+                   alpha:float=14., # Steepness of the logistic curve
+                   beta:float=6.,   # Offset: the curve is centred at `beta/alpha`
+                  ):
     "Logistic (S-shaped) ramp of steepness `alpha`, centred at `beta/alpha`, rescaled to hit `start` and `end` exactly"
     sig = lambda x: 1 / (1 + math.exp(-alpha*x + beta))
     return start + (end-start) * (sig(pos) - sig(0)) / (sig(1) - sig(0))
 
-def sched_exp_ramp(start, end, pos, k:float=5.):
+def sched_exp_ramp(start,      # Value at `pos`=0
+                   end,        # Value at `pos`=1
+                   pos,        # Position in the schedule's window, from 0 to 1
+                   k:float=5., # Growth rate: the larger, the later the ramp rises
+                  ):
     "Exponential ramp $(e^{k\,pos}-1)/(e^k-1)$: slow at first, then fast"
     return start + (end-start) * math.expm1(k*pos) / math.expm1(k)
 
-def sched_dsd(start, end, pos):
+def sched_dsd(start, # Value at `pos`=0 and 1
+              end,   # Value at `pos`=0.5
+              pos,   # Position in the schedule's window, from 0 to 1
+             ):
     "Up then down (Dense-Sparse-Dense): cosine from `start` to `end` at mid-training, then back to `start`"
     return start + (end-start) * (1 - math.cos(2*math.pi*pos)) / 2
 
@@ -148,3 +171,6 @@ def as_schedule(
             raise ValueError(f"The schedule {schedule!r} returned {v} at progress {pct}, outside [0, 1]. It multiplies "
                              "`weight`: scale `weight` instead (e.g. `SchedLin(0, 1)` rather than `SchedLin(0, 2)`).")
     return f
+
+# %% ../nbs/01_schedule.ipynb #ee8777ac
+for _o in (Schedule, sched_oneshot, sched_iterative, sched_agp, sched_onecycle, sched_exp_ramp, sched_dsd, as_schedule): add_param_docs(_o)
