@@ -11,8 +11,9 @@ __all__ = []
 from .losses import *
 from .schedule import *
 from .layers import *
+from .students import *
 from .distillation_callback import *
 from .viz import *
-from . import losses, schedule, layers, distillation_callback, viz
+from . import losses, schedule, layers, students, distillation_callback, viz
 # Re-export every public name of the modules above (nbdev's own `__all__` for this module would be empty).
-__all__ = [n for m in (losses, schedule, layers, distillation_callback, viz) for n in m.__all__]
+__all__ = [n for m in (losses, schedule, layers, students, distillation_callback, viz) for n in m.__all__]

@@ -14,6 +14,7 @@ from fastai.learner import Metric, AvgMetric, mk_metric, Recorder, defaults
 from fastai.callback.core import Callback
 from fastai.callback.progress import ProgressCallback  # sets fastai's `defaults.callbacks`, which we extend below
 from .layers import unwrap_model
+from .core import add_param_docs
 
 # %% auto #0
 __all__ = ['StudentOutputs', 'Students', 'students_of', 'SumOverStudents', 'StudentMetric', 'per_student_metrics',
@@ -102,3 +103,6 @@ class StudentsCallback(Callback):
 
 # One of fastai's default callbacks (replacing any earlier definition of it, e.g. from a reloaded module).
 defaults.callbacks = [*(c for c in defaults.callbacks if c.__name__ != 'StudentsCallback'), StudentsCallback]
+
+# %% ../nbs/06_students.ipynb #318ac934
+for _o in (Students, students_of, SumOverStudents, StudentMetric, per_student_metrics): add_param_docs(_o)

@@ -15,6 +15,7 @@ from fastai.callback.hook import hook_outputs
 from .losses import Attention, _attention_pair
 from .layers import find_layers, match_feature_layers, _eval_mode
 from .distillation_callback import KnowledgeDistillationCallback
+from .core import add_param_docs
 
 # %% auto #0
 __all__ = ['show_layer_matches', 'plot_attention_maps']
@@ -131,3 +132,6 @@ def plot_attention_maps(
     fig.suptitle(f"Attention maps (channel mean of |f|^{p:g}, L2-normalised) · Attention loss on these samples: {loss.item():.3g}", fontsize=10)
     fig.tight_layout()
     return fig
+
+# %% ../nbs/04_viz.ipynb #bc483fdb
+for _o in (show_layer_matches, plot_attention_maps): add_param_docs(_o)
