@@ -9,6 +9,11 @@ In one run it measures, per training batch:
   soft-first  (placement check) the same with the teacher run before the student's forward instead
   attention distillation with Attention on two layer pairs (layer2, layer3)
 
+  teacher-bf16           teacher inference as `teacher_dtype=torch.bfloat16` runs it: a bfloat16 channels-last copy
+  teacher-bf16-autocast  (the alternative) teacher inference under bfloat16 autocast
+  soft-bf16, attention-bf16   distillation with `teacher_dtype=torch.bfloat16`
+  *-fp16    the same with float16 (GPU only)
+
   naive     (reference) SoftTarget with the teacher run with autograd on and the loss not detaching it, so the
             backward pass also goes through the teacher, as a naive implementation would
 and prints time and peak memory of each with the ratios distillation / (student + teacher).
@@ -24,7 +29,7 @@ op is tracked (a TorchDispatchMode with weak references), which counts the same 
     python bench/cost.py                 # CPU (and CUDA too when a GPU is present)
     python bench/cost.py --device cuda --batches 50
 """
-import argparse, statistics, time, weakref
+import argparse, contextlib, statistics, time, weakref
 import torch
 from torch import nn
 from common import sync, TrainTimer, device_name, steady_malloc
@@ -32,7 +37,11 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 import torch.nn.functional as F
 
-CONFIGS = ['student', 'teacher', 'soft', 'soft-first', 'attention', 'naive']
+CONFIGS = ['student', 'teacher', 'soft', 'soft-first', 'attention', 'naive',
+           'teacher-bf16', 'teacher-bf16-autocast', 'soft-bf16', 'attention-bf16']
+CUDA_ONLY = ['teacher-fp16', 'soft-fp16', 'attention-fp16']  # float16 teachers: GPUs (the CPU's float16 kernels are slow)
+
+def configs(device): return CONFIGS + (CUDA_ONLY if torch.device(device).type == 'cuda' else [])
 
 def make_setup(device, n_batches, bs=32, size=64, seed=0):
     from torchvision.models import resnet18, resnet34
@@ -56,7 +65,7 @@ def naive_callback(teacher, loss):
     "The reference: the same callback, but the teacher forward keeps its autograd graph"
     from fasterai_distill.distillation_callback import KnowledgeDistillationCallback, Teachers
     class GradTeachers(Teachers):
-        def __call__(self, xb): return [self.output_fn(m(*xb)) for m in self.models], [{} for _ in self.models]
+        def __call__(self, xb): return [self.output_fn(m(*xb)) for m in self.models], [{} for _ in self.models], [None for _ in self.models]
     class Naive(KnowledgeDistillationCallback):
         def after_fit(self): self.teacher.zero_grad(set_to_none=True)
     kd = Naive(teacher, loss)
@@ -71,25 +80,37 @@ def teacher_first_callback(teacher, loss):
             super().before_batch()
             self.early = self.teachers(self.learn.xb)
         def after_pred(self):  # outputs-only losses: no student features to collect
-            (self.teacher_preds, self.fm_ts), self.early = self.early, None
-            self.fm_ss = [{}] * len(self.teachers)
+            (self.teacher_preds, self.fm_ts, _), self.early = self.early, None
+            self.fm_ss, self.head_preds = [[{}] * len(self.teachers)], [[None] * len(self.teachers)]
     return TeacherFirst(teacher, loss)
+
+def teacher_inference(teacher, dls, how):
+    "Seconds of teacher inference over the training batches: in its own precision, as a half-precision copy, or under autocast"
+    from fasterai_distill.distillation_callback import _to_teacher_input, half_copy
+    model, dtype = teacher.eval(), None
+    if isinstance(how, torch.dtype):  # what `teacher_dtype` does: a channels-last copy at that precision (made once per fit)
+        model, dtype = half_copy(teacher, how), how
+    ctx = (lambda: torch.autocast(torch.device(dls.device).type, dtype=torch.bfloat16)) if how == 'autocast' else contextlib.nullcontext
+    sync(dls.device); t0 = time.perf_counter()
+    with torch.no_grad(), ctx():
+        for xb, _ in dls.train: model(_to_teacher_input(xb, dtype) if dtype else xb)
+    sync(dls.device); return time.perf_counter() - t0
 
 def run_config(name, teacher, student, dls):
     "Seconds spent on the training batches of one epoch of configuration `name`"
     from fastai.learner import Learner
     from fasterai_distill.distillation_callback import KnowledgeDistillationCallback
     from fasterai_distill.losses import SoftTarget, Attention
-    if name == 'teacher':
-        teacher.eval(); sync(dls.device); t0 = time.perf_counter()
-        with torch.no_grad():
-            for xb, _ in dls.train: teacher(xb)
-        sync(dls.device); return time.perf_counter() - t0
+    if name.startswith('teacher'):
+        return teacher_inference(teacher, dls, {'teacher': None, 'teacher-bf16': torch.bfloat16, 'teacher-fp16': torch.float16,
+                                                'teacher-bf16-autocast': 'autocast'}[name])
+    dtype = {'bf16': torch.bfloat16, 'fp16': torch.float16}.get(name.rsplit('-', 1)[-1])
+    base = name.rsplit('-', 1)[0] if dtype else name
     cbs = {'student': [],
-           'soft': [KnowledgeDistillationCallback(teacher, SoftTarget)],
-           'attention': [KnowledgeDistillationCallback(teacher, Attention, ['layer2', 'layer3'], ['layer2', 'layer3'])],
+           'soft': [KnowledgeDistillationCallback(teacher, SoftTarget, teacher_dtype=dtype)],
+           'attention': [KnowledgeDistillationCallback(teacher, Attention, ['layer2', 'layer3'], ['layer2', 'layer3'], teacher_dtype=dtype)],
            'soft-first': [teacher_first_callback(teacher, SoftTarget)],
-           'naive': [naive_callback(teacher, naive_soft_target)]}[name]
+           'naive': [naive_callback(teacher, naive_soft_target)]}[base]
     timer = TrainTimer()
     learn = Learner(dls, student, loss_func=nn.CrossEntropyLoss(), cbs=cbs)
     with learn.no_bar(), learn.no_logging(): learn.fit(1, 1e-3, cbs=timer)
@@ -97,7 +118,9 @@ def run_config(name, teacher, student, dls):
 
 class TensorMemory(TorchDispatchMode):
     "Live and peak bytes of the tensor storages created by torch ops while active (CPU has no allocator statistics)"
-    def __init__(self): super().__init__(); self.live = self.peak = 0; self._refs = {}
+    def __init__(self, existing=()): # Tensors allocated before: ops returning views of them (`detach`, in-place updates) allocate nothing
+        super().__init__(); self.live = self.peak = 0; self._refs = {}
+        self._existing = {t.untyped_storage().data_ptr() for t in existing}
     def _free(self, key, nbytes): self._refs.pop(key, None); self.live -= nbytes
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
@@ -105,7 +128,7 @@ class TensorMemory(TorchDispatchMode):
             if not isinstance(t, torch.Tensor): continue
             s = t.untyped_storage()
             key = s.data_ptr()
-            if key == 0 or key in self._refs: continue
+            if key == 0 or key in self._refs or key in self._existing: continue
             n = s.nbytes()
             self._refs[key] = weakref.ref(s, lambda _, k=key, n=n: self._free(k, n))
             self.live += n; self.peak = max(self.peak, self.live)
@@ -117,18 +140,20 @@ def measure_memory(name, teacher, student, dls):
         torch.cuda.synchronize(); base = torch.cuda.memory_allocated(); torch.cuda.reset_peak_memory_stats()
         run_config(name, teacher, student, dls)
         return torch.cuda.max_memory_allocated() - base
-    with TensorMemory() as tm: run_config(name, teacher, student, dls)
+    weights = [t for m in (teacher, student) for t in (*m.parameters(), *m.buffers())]
+    with TensorMemory(weights) as tm: run_config(name, teacher, student, dls)
     return tm.peak
 
 def bench(device, n_batches, rounds):
     from fastprogress.fastprogress import progress_bar
     teacher, student, dls = make_setup(device, n_batches)
-    times = {c: [] for c in CONFIGS}
+    cfgs = configs(device)
+    times = {c: [] for c in cfgs}
     run_config('soft', teacher, student, dls)  # warm-up: allocator, kernels, caches
     for r in progress_bar(range(rounds), leave=False):
-        for c in (CONFIGS if r % 2 == 0 else CONFIGS[::-1]):  # alternate the order: slow drifts hit every configuration
+        for c in (cfgs if r % 2 == 0 else cfgs[::-1]):  # alternate the order: slow drifts hit every configuration
             times[c].append(run_config(c, teacher, student, dls) / len(dls.train))
-    mem = {c: measure_memory(c, teacher, student, dls) for c in progress_bar(CONFIGS, leave=False)}
+    mem = {c: measure_memory(c, teacher, student, dls) for c in progress_bar(cfgs, leave=False)}
     return times, mem
 
 def report(device, times, mem):
@@ -137,11 +162,12 @@ def report(device, times, mem):
           f"median of {len(times['student'])} rounds\n")
     print(f"| configuration | ms / batch | peak memory (MiB) |")
     print(f"|---|---|---|")
-    for c in CONFIGS: print(f"| {c} | {t[c]*1e3:.1f} | {mem[c]/2**20:.0f} |")
+    for c in times: print(f"| {c} | {t[c]*1e3:.1f} | {mem[c]/2**20:.0f} |")
     base_m = mem['student'] + mem['teacher']
-    print(f"\n| distillation | time / (student + teacher) | per-round range | peak memory / (student + teacher) | peak memory / student |")
+    print(f"\nRatios to the fp32 limit, student training + fp32 teacher inference, measured in the same run:\n")
+    print(f"| configuration | time / (student + teacher) | per-round range | peak memory / (student + teacher) | peak memory / student |")
     print(f"|---|---|---|---|---|")
-    for c in ('soft', 'soft-first', 'attention', 'naive'):
+    for c in [c for c in times if c not in ('student', 'teacher')]:
         # the ratio of medians, and the range of the ratios within each round (how much the machine's noise moves it)
         per_round = [x / (s + te) for x, s, te in zip(times[c], times['student'], times['teacher'])]
         print(f"| {c} | {t[c] / (t['student'] + t['teacher']):.3f} | {min(per_round):.2f}-{max(per_round):.2f} "

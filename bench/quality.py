@@ -17,6 +17,12 @@ table reports the test accuracy of those same runs. Feature and relation losses 
 their raw values differ by four orders of magnitude (0.0001 for PKT, 10 for ActivationBoundaries); the grid is
 {0.1, 1, 10} x (task loss / distillation loss) measured on one batch before training, rounded to a power of 10.
 
+SoftEntropy (the Distillation-Loss project's `soft_entropy`): alone, and with its second term on the student's head
+(`fc`) applied to the teacher's `flatten` output through an adapter (`student_head=`, `teacher_head_input=`,
+`adapters=True`). SoftTarget, DecoupledKD and Attention also run with the teacher at bfloat16 (`teacher_dtype`), on
+the same grids. Last, SoftTarget at its chosen setting distills 3 students at once (`Students`: each seed's student and
+two more initialisations) and the same 3 one by one: each student's accuracy, both ways.
+
 Layers: Attention, FitNet, MMD pair the outputs of `block1` (32 ch, 8x8) and `block2` (64 ch, 4x4) of both models
 (`match_feature_layers`); ActivationBoundaries the pre-ReLU BatchNorm outputs of those blocks (`block1.1`/`block2.1`
 in the student, `block1.1.1`/`block2.1.1` in the teacher); the relation losses Similarity, PKT, RKD the penultimate
@@ -51,7 +57,16 @@ FAMILIES = {
     'Similarity':           (Similarity, EMBEDDING, 'scale'),
     'PKT':                  (PKT, EMBEDDING, 'scale'),
     'RKD':                  (RKD, EMBEDDING, 'scale'),
+    # The Distillation-Loss project's soft cross-entropy, alone and with the student's head on the teacher's features
+    'SoftEntropy':          (SoftEntropy, None, dict(T=[2, 4, 8], weight=WEIGHTS)),
+    'SoftEntropy + head on teacher features': (partial(SoftEntropy, lambda2=1.), None, dict(T=[2, 4, 8], weight=WEIGHTS),
+                             dict(student_head='fc', teacher_head_input='flatten', adapters=True)),
+    # The teacher at bfloat16 (`teacher_dtype`), on the same grids as with the float32 teacher
+    'SoftTarget, bf16 teacher':  (SoftTarget, None, dict(T=[2, 4, 8], weight=WEIGHTS), dict(teacher_dtype=torch.bfloat16)),
+    'DecoupledKD, bf16 teacher': (DecoupledKD, None, dict(beta=[1, 8], weight=WEIGHTS), dict(teacher_dtype=torch.bfloat16)),
+    'Attention, bf16 teacher':   (Attention, FEATURES, 'scale', dict(teacher_dtype=torch.bfloat16)),
 }
+N_STUDENTS = 3  # `Students`: this many students at once (each seed's student and two more inits) vs one by one
 
 def grid(d): return [dict(zip(d, v)) for v in itertools.product(*d.values())]
 
@@ -76,17 +91,33 @@ def make_loss(loss, cfg):
 
 def describe(cfg): return ', '.join(f'{k}={v:g}' for k, v in cfg.items())
 
-def run(dls_by_seed, teacher, loss, weight, layers, args):
+def run(dls_by_seed, teacher, loss, weight, layers, args, cb_kwargs=None, students=None):
     "Train the student with every seed (`loss=None`: without distillation); its valid and test accuracies"
     valid, test = [], []
     for seed, dls in dls_by_seed.items():
         layers_ = layers or {}
         cbs = None if loss is None else KnowledgeDistillationCallback(
-            teacher, loss, layers_.get('student'), layers_.get('teacher'), weight=weight)
-        learn = train_digits(digits_student(seed=seed), dls, args.epochs, args.lr, cbs, seed)
+            teacher, loss, layers_.get('student'), layers_.get('teacher'), weight=weight, **(cb_kwargs or {}))
+        model = digits_student(seed=seed) if students is None else students(seed)
+        learn = train_digits(model, dls, args.epochs, args.lr, cbs, seed)
         with learn.no_bar(), learn.no_logging():
             valid.append(float(learn.validate(ds_idx=1)[1])); test.append(float(learn.validate(ds_idx=2)[1]))
     return dict(valid=valid, test=test)
+
+def student_inits(seed): return [digits_student(seed=seed + 1000 * k) for k in range(N_STUDENTS)]
+
+def run_students(dls_by_seed, teacher, loss, weight, args):
+    "Each of `N_STUDENTS` students' valid and test accuracies: distilled at once (`Students`), and one by one"
+    at_once, alone = [dict(valid=[], test=[]) for _ in range(N_STUDENTS)], [dict(valid=[], test=[]) for _ in range(N_STUDENTS)]
+    for seed, dls in dls_by_seed.items():
+        learn = train_digits(Students(*student_inits(seed)), dls, args.epochs, args.lr, KnowledgeDistillationCallback(teacher, loss, weight=weight), seed)
+        with learn.no_bar(), learn.no_logging():
+            v, t = learn.validate(ds_idx=1), learn.validate(ds_idx=2)  # per student: loss_s{k}, accuracy_s{k}
+        for k in range(N_STUDENTS):
+            at_once[k]['valid'].append(float(v[2 + 2 * k])); at_once[k]['test'].append(float(t[2 + 2 * k]))
+            r = run({seed: dls}, teacher, loss, weight, None, args, students=lambda s, k=k: student_inits(s)[k])
+            alone[k]['valid'] += r['valid']; alone[k]['test'] += r['test']
+    return at_once, alone
 
 def mean_std(xs):
     m = sum(xs) / len(xs)
@@ -114,9 +145,9 @@ def main(argv=None):
     dls_by_seed = {s: digits_dls(args.n_train, seed=s if args.data_seed is None else args.data_seed) for s in range(args.seeds)}
 
     jobs = [('No distillation (baseline)', None, None, None)]
-    for name, (loss, layers, g) in FAMILIES.items():
+    for name, (loss, layers, g, *cb_kwargs) in FAMILIES.items():
         cfgs = loss_scale_grid(loss, layers, teacher, dls_by_seed[0]) if g == 'scale' else grid(g)
-        jobs += [(name, loss, layers, cfg) for cfg in cfgs]
+        jobs += [(name, loss, layers, cfg, *cb_kwargs) for cfg in cfgs]
     results = {}
     def record(name, cfg, r):
         entry = results.setdefault(name, dict(tried=[]))
@@ -124,8 +155,16 @@ def main(argv=None):
         best = max(entry['tried'], key=lambda t: mean_std(t['valid'])[0])  # chosen on the valid split only
         if best is entry['tried'][-1]: entry.update(chosen=cfg, chosen_desc=best['setting'], valid=r['valid'], test=r['test'])
 
-    pbar = progress_bar(jobs + [None])  # the last step: the combined loss, built from the chosen settings
+    pbar = progress_bar(jobs + [None, 'students'])  # the last steps: the combined loss and `Students`, from the chosen settings
     for job in pbar:
+        if job == 'students':  # SoftTarget at its chosen setting, several students at once vs one by one
+            st = results['SoftTarget']['chosen']
+            pbar.comment = f'SoftTarget, {N_STUDENTS} students at once and one by one'
+            at_once, alone = run_students(dls_by_seed, teacher, partial(SoftTarget, T=st['T']), st['weight'], args)
+            for k in range(N_STUDENTS):
+                record(f'SoftTarget, {N_STUDENTS} students at once: student {k}', st, at_once[k])
+                record(f'SoftTarget, one by one: student {k}', st, alone[k])
+            continue
         if job is None:  # SoftTarget + Attention, each with its own chosen setting, at SoftTarget's weight
             st, at = results['SoftTarget']['chosen'], results['Attention']['chosen']
             cfg = dict(T=st['T'], scale=at['scale'], weight=st['weight'])
@@ -133,10 +172,10 @@ def main(argv=None):
             loss = CombinedLoss({partial(SoftTarget, T=st['T']): 1., Attention: at['scale']})
             record('SoftTarget + Attention', cfg, run(dls_by_seed, teacher, loss, cfg['weight'], FEATURES, args))
             continue
-        name, loss, layers, cfg = job
+        name, loss, layers, cfg, *cb_kwargs = job
         pbar.comment = f'{name} {describe(cfg) if cfg else ""}'
         kd_loss = None if loss is None else make_loss(loss, cfg)
-        record(name, cfg, run(dls_by_seed, teacher, kd_loss, cfg['weight'] if cfg else None, layers, args))
+        record(name, cfg, run(dls_by_seed, teacher, kd_loss, cfg['weight'] if cfg else None, layers, args, *cb_kwargs))
 
     base_test = mean_std(results['No distillation (baseline)']['test'])
     rows = []
