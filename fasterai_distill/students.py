@@ -106,3 +106,27 @@ defaults.callbacks = [*(c for c in defaults.callbacks if c.__name__ != 'Students
 
 # %% ../nbs/06_students.ipynb #318ac934
 for _o in (Students, students_of, SumOverStudents, StudentMetric, per_student_metrics): add_param_docs(_o)
+
+# %% ../nbs/06_students.ipynb #d591a6a4
+from fastcore.basics import patch
+from fastai.learner import Learner
+
+@patch
+def student(self:Learner, i:int)->Learner: # The student's index in the `Students` model
+    "A `Learner` for student `i` of a `Students` model alone: same data, that student's module, the plain loss and metrics"
+    model = unwrap_model(self.model)
+    if not isinstance(model, Students):
+        raise ValueError(f"`learn.student(i)` needs a Learner whose model is `Students(...)`, not {type(model).__name__}.")
+    if not -len(model) <= i < len(model): raise IndexError(f"There are {len(model)} students: pick i from 0 to {len(model) - 1}.")
+    lf = self.loss_func.loss_func if isinstance(self.loss_func, SumOverStudents) else self.loss_func
+    metrics = [m.metric for m in self.metrics if isinstance(m, StudentMetric) and m.i == i % len(model)][1:]  # without its loss_s{i}
+    return Learner(self.dls, model[i], loss_func=lf, metrics=metrics, opt_func=self.opt_func, lr=self.lr,
+                   splitter=self.splitter, path=self.path, model_dir=self.model_dir, wd=self.wd, wd_bn_bias=self.wd_bn_bias)
+
+_fastai_predict = Learner.predict
+@patch
+def predict(self:Learner, item, rm_type_tfms=None, with_input=False):
+    "fastai's `predict`; with a `Students` model, a list with one prediction per student"
+    model = unwrap_model(self.model)
+    if not isinstance(model, Students): return _fastai_predict(self, item, rm_type_tfms=rm_type_tfms, with_input=with_input)
+    return [self.student(i).predict(item, rm_type_tfms=rm_type_tfms, with_input=with_input) for i in range(len(model))]
