@@ -1,7 +1,7 @@
 """One rank of the 2-process CPU/gloo test of `KnowledgeDistillationCallback` under `learn.distrib_ctx()`.
 
 Spawned by `07_distributed.ipynb` with MASTER_ADDR, MASTER_PORT, WORLD_SIZE, RANK and LOCAL_RANK set, as
-`accelerate launch` would. Usage: `python _ddp_worker.py OUT_DIR STUDENT_LAYER`. Writes `OUT_DIR/rank{RANK}.pt`.
+`accelerate launch` would. Usage: `python _ddp_worker.py OUT_DIR STUDENT_LAYER [TEACHER_DTYPE]` (TEACHER_DTYPE: e.g. bf16; default: the teacher's own). Writes `OUT_DIR/rank{RANK}.pt`.
 The notebook imports `make_data`, `make_models`, `kd_loss`, `N_TRAIN`, `BS` from here for its single-process reference.
 """
 import os, sys
@@ -34,7 +34,7 @@ def kd_loss(**kw):
 
 def n_hooks(model): return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
 
-def main(out_dir, student_layer):
+def main(out_dir, student_layer, teacher_dtype=None):
     from fastai.basics import Learner, Callback, DataLoaders, SGD
     from fastai.data.load import DataLoader
     from fastai.callback.progress import ProgressCallback
@@ -54,7 +54,7 @@ def main(out_dir, student_layer):
     dls = DataLoaders(DataLoader(train, bs=BS, shuffle=False), DataLoader(train[:N_VALID], bs=BS), device='cpu')
     student, teacher = make_models()
     teacher_before = {k: v.clone() for k, v in teacher.state_dict().items()}
-    kd = KnowledgeDistillationCallback(teacher, kd_loss, student_layer, '0', weight=0.5)
+    kd = KnowledgeDistillationCallback(teacher, kd_loss, student_layer, '0', weight=0.5, teacher_dtype=teacher_dtype)
 
     class Spy(Callback):
         "Records what each rank sees and holds, batch by batch"
@@ -83,11 +83,11 @@ def main(out_dir, student_layer):
         teacher_before=teacher_before, teacher_after=teacher.state_dict(),
         teacher_grads=[p.grad for p in teacher.parameters()],
         teacher_training=teacher.training, teacher_bn=type(teacher[1]).__name__,
-        teacher_device=str(next(teacher.parameters()).device),
+        teacher_device=str(next(teacher.parameters()).device), teacher_dtypes={p.dtype for p in teacher.parameters()},
         teacher_is_kd_teacher=kd.teacher is teacher,
         model_after=type(learn.model).__name__,
         hooks_after=(n_hooks(learn.model), n_hooks(teacher)),
         world_size=torch.distributed.get_world_size(), rank=torch.distributed.get_rank(),
     ), os.path.join(out_dir, f"rank{os.environ['RANK']}.pt"))
 
-if __name__ == '__main__': main(*sys.argv[1:3])
+if __name__ == '__main__': main(*sys.argv[1:4])
