@@ -10,6 +10,7 @@ In one run it measures, per training batch:
   attention distillation with Attention on two layer pairs (layer2, layer3)
 
   teacher-bf16           teacher inference as `teacher_dtype=torch.bfloat16` runs it: a bfloat16 channels-last copy
+  teacher-bf16-nchw      the same copy without channels-last (what the memory format brings)
   teacher-bf16-autocast  (the alternative) teacher inference under bfloat16 autocast
   soft-bf16, attention-bf16   distillation with `teacher_dtype=torch.bfloat16`
   *-fp16    the same with float16 (GPU only)
@@ -38,7 +39,7 @@ from torch.utils._pytree import tree_flatten
 import torch.nn.functional as F
 
 CONFIGS = ['student', 'teacher', 'soft', 'soft-first', 'attention', 'naive',
-           'teacher-bf16', 'teacher-bf16-autocast', 'soft-bf16', 'attention-bf16']
+           'teacher-bf16', 'teacher-bf16-nchw', 'teacher-bf16-autocast', 'soft-bf16', 'attention-bf16']
 CUDA_ONLY = ['teacher-fp16', 'soft-fp16', 'attention-fp16']  # float16 teachers: GPUs (the CPU's float16 kernels are slow)
 
 def configs(device): return CONFIGS + (CUDA_ONLY if torch.device(device).type == 'cuda' else [])
@@ -85,15 +86,18 @@ def teacher_first_callback(teacher, loss):
     return TeacherFirst(teacher, loss)
 
 def teacher_inference(teacher, dls, how):
-    "Seconds of teacher inference over the training batches: in its own precision, as a half-precision copy, or under autocast"
+    "Seconds of teacher inference over the training batches: in its own precision, as a bfloat16/float16 copy, or under autocast"
     from fasterai_distill.distillation_callback import _to_teacher_input, half_copy
-    model, dtype = teacher.eval(), None
+    model, prep, ctx = teacher.eval(), (lambda x: x), contextlib.nullcontext
     if isinstance(how, torch.dtype):  # what `teacher_dtype` does: a channels-last copy at that precision (made once per fit)
-        model, dtype = half_copy(teacher, how), how
-    ctx = (lambda: torch.autocast(torch.device(dls.device).type, dtype=torch.bfloat16)) if how == 'autocast' else contextlib.nullcontext
+        model, prep = half_copy(teacher, how), (lambda x: _to_teacher_input(x, how))
+    elif how == 'nchw':  # the same bfloat16 copy in the default memory format: what channels-last brings
+        model, prep = half_copy(teacher, torch.bfloat16).to(memory_format=torch.contiguous_format), (lambda x: x.to(torch.bfloat16))
+    elif how == 'autocast':
+        ctx = lambda: torch.autocast(torch.device(dls.device).type, dtype=torch.bfloat16)
     sync(dls.device); t0 = time.perf_counter()
     with torch.no_grad(), ctx():
-        for xb, _ in dls.train: model(_to_teacher_input(xb, dtype) if dtype else xb)
+        for xb, _ in dls.train: model(prep(xb))
     sync(dls.device); return time.perf_counter() - t0
 
 def run_config(name, teacher, student, dls):
@@ -103,7 +107,7 @@ def run_config(name, teacher, student, dls):
     from fasterai_distill.losses import SoftTarget, Attention
     if name.startswith('teacher'):
         return teacher_inference(teacher, dls, {'teacher': None, 'teacher-bf16': torch.bfloat16, 'teacher-fp16': torch.float16,
-                                                'teacher-bf16-autocast': 'autocast'}[name])
+                                                'teacher-bf16-autocast': 'autocast', 'teacher-bf16-nchw': 'nchw'}[name])
     dtype = {'bf16': torch.bfloat16, 'fp16': torch.float16}.get(name.rsplit('-', 1)[-1])
     base = name.rsplit('-', 1)[0] if dtype else name
     cbs = {'student': [],
