@@ -6,7 +6,7 @@ Docs: https://fasterai-labs.github.io/fasterai_distill/demo.html.md"""
 
 # %% ../nbs/05_demo.ipynb #7e45b01e
 from __future__ import annotations
-import argparse, random, sys, time
+import random, time
 from collections import OrderedDict
 from functools import partial
 import torch
@@ -22,10 +22,11 @@ from fastai.torch_core import set_seed
 from fastprogress.fastprogress import progress_bar
 from .losses import SoftTarget
 from .distillation_callback import KnowledgeDistillationCallback
+from .cli import check_demo_args
 
 # %% auto #0
 __all__ = ['digits_split', 'digits_tensors', 'digits_dls', 'conv_block', 'digits_teacher', 'digits_student', 'n_params',
-           'EpochProgress', 'SkipValidation', 'train_digits', 'test_accuracy', 'run_demo', 'format_results', 'main']
+           'EpochProgress', 'SkipValidation', 'train_digits', 'test_accuracy', 'run_demo', 'format_results']
 
 # %% ../nbs/05_demo.ipynb #6fcc1450
 _N_VALID, _N_TEST = 360, 360
@@ -143,25 +144,32 @@ def run_demo(n_train:int=100,        # Labelled training images for the student
              T:float=8,              # SoftTarget temperature
              lr:float=1e-2,          # Maximum learning rate of `fit_one_cycle`
              seed:int=0,             # Seed of the data subset, initialisations and shuffling
-             progress:bool=True,     # Show a progress bar over all the epochs
+             progress:bool|str=True, # True: a progress bar over all the epochs; 'lines': a printed line per phase (for logs); False: nothing
              teacher:nn.Module|None=None, # An already trained teacher (skips teacher training)
             )->dict:
     "Train a teacher, then the student without and with distillation; return their test accuracies, sizes and times"
+    check_demo_args(n_train=n_train, epochs=epochs, teacher_epochs=teacher_epochs, weight=weight, T=T, lr=lr, seed=seed)
+    if progress not in (True, False, 'lines'): raise ValueError(f"`progress` must be True, False or 'lines', got {progress!r}.")
     stages = ([('teacher', teacher_epochs)] if teacher is None else []) + [('student', epochs), ('distilled', epochs)]
-    pbar = progress_bar(range(sum(e for _, e in stages)), display=progress, leave=False)
-    pbar.update(0)
-    res, cbs = {}, lambda label: [EpochProgress(pbar, label)] if progress else []
+    # fastprogress's console bar writes a frame even when not displayed: no bar at all unless one is wanted
+    pbar = progress_bar(range(sum(e for _, e in stages)), leave=False) if progress is True else None
+    if pbar is not None: pbar.update(0)
+    res, cbs = {}, lambda label: [] if pbar is None else [EpochProgress(pbar, label)]
+    def done(label, n_epochs):
+        if progress == 'lines': print(f"{label}: {n_epochs} epoch{'s' * (n_epochs != 1)} in {res[f'{label}_time']:.1f} s", flush=True)
     if teacher is None:
         start = time.perf_counter()
         teacher = train_digits(digits_teacher(seed=seed), digits_dls(bs=64, seed=seed), teacher_epochs, lr, cbs('teacher'), seed).model
         res['teacher_time'] = time.perf_counter() - start
+        done('teacher', teacher_epochs)
     dls = digits_dls(n_train, seed=seed, device=next(teacher.parameters()).device)
     res['teacher'] = test_accuracy(Learner(dls, teacher, loss_func=CrossEntropyLossFlat(), metrics=accuracy))
     for label, kd in (('student', None), ('distilled', KnowledgeDistillationCallback(teacher, partial(SoftTarget, T=T), weight=weight))):
         start = time.perf_counter()
         res[label] = test_accuracy(train_digits(digits_student(seed=seed), dls, epochs, lr, [kd] * (kd is not None) + cbs(label), seed))
         res[f'{label}_time'] = time.perf_counter() - start
-    pbar.on_iter_end()
+        done(label, epochs)
+    if pbar is not None: pbar.on_iter_end()
     res.update(teacher_params=n_params(teacher), student_params=n_params(digits_student()), n_train=n_train)
     return res
 
@@ -176,34 +184,3 @@ def format_results(res:dict, # What `run_demo` returns
     gain = 100 * (res['distilled'] - res['student'])
     lines.append(f"\nDistillation: {gain:+.1f} points of test accuracy for the student trained on {res['n_train']} labelled images.")
     return '\n'.join(lines)
-
-def _parser():
-    p = argparse.ArgumentParser(prog='fasterai-distill', description='Knowledge distillation for fastai.')
-    sub = p.add_subparsers(dest='command', metavar='command')
-    d = sub.add_parser('demo', help='distill a CNN into a 12x smaller one on scikit-learn digits (CPU, ~20 s)',
-                       description='Train a teacher CNN on scikit-learn digits, then a 12x smaller student on a few '
-                                   'labelled images without and with distillation (SoftTarget), and print their test accuracies.')
-    d.add_argument('--n-train', type=int, default=100, help='labelled training images for the student (default: 100)')
-    d.add_argument('--epochs', type=int, default=40, help='student epochs (default: 40)')
-    d.add_argument('--teacher-epochs', type=int, default=15, help='teacher epochs (default: 15)')
-    d.add_argument('--weight', type=float, default=0.5, help='share of the distillation loss (default: 0.5)')
-    d.add_argument('--temperature', '-T', type=float, default=8, help='SoftTarget temperature (default: 8)')
-    d.add_argument('--seed', type=int, default=0, help='random seed (default: 0)')
-    d.add_argument('--threads', type=int, default=1, help='torch CPU threads (default: 1, the fastest for these tiny models)')
-    return p
-
-def main(args:list[str]|None=None, # Command-line arguments (default: `sys.argv[1:]`)
-        )->int:
-    "Entry point of the `fasterai-distill` command"
-    p = _parser()
-    a = p.parse_args(args)
-    if a.command != 'demo':
-        p.print_help()
-        return 0
-    if a.threads: torch.set_num_threads(a.threads)
-    print(f"Teacher: {a.teacher_epochs} epochs on 1,077 images; student: {a.epochs} epochs on {a.n_train} images, "
-          f"without and with SoftTarget (T={a.temperature:g}, weight={a.weight:g}).")
-    res = run_demo(n_train=a.n_train, epochs=a.epochs, teacher_epochs=a.teacher_epochs, weight=a.weight,
-                   T=a.temperature, seed=a.seed)
-    print(format_results(res))
-    return 0

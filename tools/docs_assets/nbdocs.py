@@ -10,8 +10,17 @@ the docs need, reusing nbdev's own doc processors (`FilterDefaults`):
    honoured, `IN_TEST=1`, notebook folder as working directory) before hidden cells are dropped.
 3. The Quarto cell options that survive nbdev (`echo`, `output`, `include`, `code-fold`, ...) are applied
    here, since no Quarto runs afterwards.
+4. `show_doc` renders with `TableRenderer`: nbdev's own markdown renderer (heading, source link), with the body
+   laid out as nbdev's Quarto pages show it: the signature as written (`class` or `def`, wrapped), the docstring
+   (without the numpy `Parameters` section that `help()` reads: the table shows the parameters), and a
+   parameter table built by fastcore's `DocmentTbl` from the docments (name, type, default, details).
+5. Test-only cells stay in the notebooks (nbdev-test runs them) but not on the pages: a code cell whose every
+   statement is a `fastcore.test` check (`test_eq(...)`, `test_fail(...)`, ...), an `assert`, or a `for`/`if`/`with`
+   block made only of those (see `is_test_cell`). Cells that also set things up or show something are examples and
+   stay; `#| hide` hides any other cell, as in nbdev.
 """
-import os, re, sys, time, traceback
+import ast, inspect, os, re, sys, time, traceback
+from contextlib import contextmanager
 from pathlib import Path
 
 from fastcore.basics import str2bool
@@ -20,8 +29,13 @@ from fastcore.xtras import working_directory
 from nbdev.config import get_config, nbpath2html
 from nbdev.process import NBProcessor, Processor
 from nbdev.processors import FilterDefaults, exec_show_docs, insert_warning
+import fastcore.test, nbdev.showdoc
+from fastcore.basics import ifnone
+from fastcore.docments import MarkdownRenderer, DocmentTbl, DocmentText, docments, empty, _fmt_sig, _ital_first, _type_str
+from nbdev.showdoc import BasicMarkdownRenderer
 
-__all__ = ['find_notebooks', 'page_path', 'process_nb', 'nb_title', 'nb_to_gfm', 'build_one', 'skip_flags']
+__all__ = ['find_notebooks', 'page_path', 'process_nb', 'nb_title', 'nb_to_gfm', 'build_one', 'skip_flags',
+           'TableRenderer', 'is_test_cell']
 
 def skip_flags(cfg=None):
     "nbdev-test's skip flags (`tst_flags` in pyproject), e.g. `{'notest','slow','cuda'}`"
@@ -41,6 +55,94 @@ def find_notebooks(nbs_path):
 def page_path(nb_path, nbs_path):
     "Page path of a notebook relative to the site root, named as nbdev/Quarto name it (`00_losses.ipynb` -> `losses.html`)"
     return nbpath2html(Path(nb_path).relative_to(nbs_path)).as_posix()
+
+# --- show_doc: signature, docstring, parameter table ----------------------------------------------------
+
+_re_np_params = re.compile(r'^Parameters[ \t]*\n-{3,}[ \t]*$', re.M)  # the numpy section `help()` reads (fasterai_distill.core)
+
+def _strip_param_section(doc):
+    "`doc` without its numpy-style `Parameters` section and whatever follows it"
+    m = _re_np_params.search(doc or '')
+    return (doc[:m.start()] if m else doc or '').rstrip()
+
+def _drop_inferred_annos(sym, dm):
+    "fastcore's docments give an unannotated parameter the type of its default (`schedule=None` -> `NoneType`): keep only annotations written in the signature"
+    try: sig = inspect.signature(sym)
+    except (TypeError, ValueError): return dm
+    for k, p in sig.parameters.items():
+        if k in dm and p.annotation is empty: dm[k]['anno'] = empty
+    if 'return' in dm and (inspect.isclass(sym) or sig.return_annotation is empty): dm['return']['anno'] = empty
+    return dm
+
+class _ParamTable(DocmentTbl):
+    "fastcore's docments table, with the docment of `*args`/`**kwargs` on their own row (fastcore's default gives it to the return value)"
+    def __init__(self, obj):
+        super().__init__(obj)
+        self.dm = docments(obj, full=True, args_kwargs=True)
+        self.dm.pop('self', None)
+        for d in self.dm.values(): d['docment'] = ifnone(d['docment'], empty)
+
+class _SignatureTableBody(MarkdownRenderer):
+    """The body of a `show_doc` entry: signature as written (no docment comments), docstring, parameter table"""
+    sig_width = 72  # characters to a line in the site's code boxes (extra.css); longer signatures wrap, as black would
+
+    def _sig(self):
+        dt, sym = self.dm, self.sym
+        _drop_inferred_annos(sym, dt.dm)
+        prefix = 'class' if inspect.isclass(sym) else 'async def' if inspect.iscoroutinefunction(sym) else 'def'
+        ret = dt.dm.get('return', {}).get('anno', empty)
+        ret_str = f"){'->' + _type_str(ret) if ret is not empty else ''}:"
+        params = [f for f, _ in dt.params]
+        one_line = f"{prefix} {self.nm}({', '.join(params)}{ret_str}"
+        if len(one_line) <= self.sig_width: return one_line
+        # _fmt_sig's line length leaves out the 4-space indent and the ', ' + ',' it adds around the last parameter
+        return _fmt_sig(self.nm, [(f, None) for f in params], ret_str, self.sig_width - 7, prefix=prefix)
+
+    def _repr_markdown_(self):
+        self.docs = _strip_param_section(self.docs)
+        if not isinstance(self.dm, DocmentText): return super()._repr_markdown_()  # no signature to read: nbdev's own layout
+        doc = f'```python\n{self._sig()}\n```'
+        if self.docs: doc += f'\n\n{_ital_first(self.docs)}'
+        try: tbl = _ParamTable(self.sym)
+        except Exception: return doc
+        _drop_inferred_annos(self.sym, tbl.dm)
+        return doc + (f'\n\n{tbl._repr_markdown_()}' if tbl.has_docment else '')
+
+class TableRenderer(BasicMarkdownRenderer, _SignatureTableBody):
+    "`show_doc` renderer for the docs pages: nbdev's `BasicMarkdownRenderer` (heading, source link) with `_SignatureTableBody`"
+
+@contextmanager
+def _table_show_doc():
+    "Make `show_doc` (which looks its default renderer up in `nbdev.showdoc` at each call) render with `TableRenderer`"
+    prev = nbdev.showdoc.BasicMarkdownRenderer
+    nbdev.showdoc.BasicMarkdownRenderer = TableRenderer
+    try: yield
+    finally: nbdev.showdoc.BasicMarkdownRenderer = prev
+
+# --- test-only cells -----------------------------------------------------------------------------------
+
+_TEST_NAMES = frozenset(n for n in fastcore.test.__all__ if callable(getattr(fastcore.test, n)))
+
+def _is_check(node):
+    "A statement that only checks: a fastcore.test call, an `assert`, or a `for`/`if`/`with` made only of checks"
+    if isinstance(node, ast.Assert): return True
+    if isinstance(node, ast.Expr) and isinstance(node.value, ast.Call):
+        f = node.value.func
+        return isinstance(f, ast.Name) and f.id in _TEST_NAMES
+    if isinstance(node, (ast.For, ast.If)): return all(map(_is_check, node.body + node.orelse))
+    if isinstance(node, ast.With):
+        ctx = [i.context_expr for i in node.items]
+        if all(isinstance(c, ast.Call) and isinstance(c.func, ast.Name) and c.func.id in _TEST_NAMES for c in ctx): return True
+        return all(map(_is_check, node.body))
+    return False
+
+def is_test_cell(source):
+    "Whether a code cell only checks things: every statement is a `fastcore.test` call or an `assert` (imports aside)"
+    code = '\n'.join(l for l in source.splitlines() if not re.match(r'\s*#\|', l))
+    try: body = ast.parse(code).body
+    except SyntaxError: return False  # magics and the like
+    checks = [_is_check(n) for n in body if not isinstance(n, (ast.Import, ast.ImportFrom))]
+    return bool(checks) and all(checks)
 
 class ExecAll(Processor):
     "Execute every cell nbdev-test would run, storing outputs in the cells (replaces nbdev's `exec_show_docs`)"
@@ -151,6 +253,7 @@ def _finish(nb, gfm=False):
             continue
         opts = _cell_opts(cell)
         if _false(opts.get('include', 'true')): continue
+        if is_test_cell(cell.source): continue  # kept in the notebook, run by the tests
         if _false(opts.get('output', 'true')): cell.outputs = []
         if opts.get('output') == 'asis':
             for o in cell.get('outputs', []):
@@ -188,7 +291,8 @@ def process_nb(src, execute=True, flags=None, timeout=None, gfm=False):
     nb = read_nb(src)
     prev = os.environ.get('IN_TEST')
     os.environ['IN_TEST'] = '1'
-    try: NBProcessor(nb=nb, procs=_procs(execute, flags, timeout), rm_directives='quarto').process()
+    try:
+        with _table_show_doc(): NBProcessor(nb=nb, procs=_procs(execute, flags, timeout), rm_directives='quarto').process()
     finally:
         if prev is None: os.environ.pop('IN_TEST', None)
         else: os.environ['IN_TEST'] = prev
@@ -218,8 +322,10 @@ def build_one(src, dst, execute=True, cwd=None):
 def _text(x): return ''.join(x) if isinstance(x, list) else (x or '')
 
 def _out_md(o):
-    "One output as GitHub markdown: markdown/html kept, plain text fenced, images dropped (they would bloat the README)"
+    """One output as GitHub markdown: markdown/html kept, plain text fenced, images dropped (they would bloat the README),
+    stderr dropped (library warnings, with this machine's paths in them: the README would differ from one venv to the next)"""
     ot = o.get('output_type')
+    if ot == 'stream' and o.get('name') == 'stderr': return ''
     if ot == 'stream': return '```\n' + _text(o.get('text')).rstrip('\n') + '\n```'
     if ot == 'error': return '```\n' + '\n'.join(o.get('traceback', [])) + '\n```'
     d = o.get('data', {})
