@@ -42,7 +42,12 @@ CONFIGS = ['student', 'teacher', 'soft', 'soft-first', 'attention', 'naive',
            'teacher-bf16', 'teacher-bf16-nchw', 'teacher-bf16-autocast', 'soft-bf16', 'attention-bf16']
 CUDA_ONLY = ['teacher-fp16', 'soft-fp16', 'attention-fp16']  # float16 teachers: GPUs (the CPU's float16 kernels are slow)
 
-def configs(device): return CONFIGS + (CUDA_ONLY if torch.device(device).type == 'cuda' else [])
+def configs(device, only=None):
+    cfgs = CONFIGS + (CUDA_ONLY if torch.device(device).type == 'cuda' else [])
+    if only is None: return cfgs
+    unknown = set(only) - set(cfgs)
+    if unknown: raise SystemExit(f"unknown configuration(s) {sorted(unknown)} on {device}; known: {', '.join(cfgs)}")
+    return ['student', 'teacher'] + [c for c in cfgs if c in only and c not in ('student', 'teacher')]
 
 def make_setup(device, n_batches, bs=32, size=64, seed=0):
     from torchvision.models import resnet18, resnet34
@@ -148,10 +153,10 @@ def measure_memory(name, teacher, student, dls):
     with TensorMemory(weights) as tm: run_config(name, teacher, student, dls)
     return tm.peak
 
-def bench(device, n_batches, rounds):
+def bench(device, n_batches, rounds, only=None):
     from fastprogress.fastprogress import progress_bar
     teacher, student, dls = make_setup(device, n_batches)
-    cfgs = configs(device)
+    cfgs = configs(device, only)
     times = {c: [] for c in cfgs}
     run_config('soft', teacher, student, dls)  # warm-up: allocator, kernels, caches
     for r in progress_bar(range(rounds), leave=False):
@@ -183,8 +188,10 @@ if __name__ == '__main__':
     p.add_argument('--batches', type=int, default=24, help="training batches per epoch")
     p.add_argument('--threads', type=int, default=None, help="CPU threads for torch (default: torch's choice, one per core)")
     p.add_argument('--rounds', type=int, default=7, help="interleaved rounds; the median is reported")
+    p.add_argument('--configs', default=None, help="comma-separated configurations to run (default: all; student and teacher always run)")
     a = p.parse_args()
     steady_malloc()
     if a.threads: torch.set_num_threads(a.threads)
     devices = [a.device] if a.device else ['cpu'] + (['cuda'] if torch.cuda.is_available() else [])
-    for d in devices: report(d, *bench(d, a.batches, a.rounds))
+    only = a.configs.split(',') if a.configs else None
+    for d in devices: report(d, *bench(d, a.batches, a.rounds, only))
