@@ -87,10 +87,13 @@ def per_student_metrics(metrics:list, loss_func, n:int)->list:
 
 class StudentsCallback(Callback):
     "Trains the students of a `Students` model side by side: the sum of their losses, and the loss and metrics of each"
-    # In fastai's default callbacks (so `Learner(dls, Students(...), loss_func=..., metrics=...)` just works);
-    # inert for any other model. Before `Recorder` names the columns.
+    # In fastai's default callbacks (so `Learner(dls, Students(...), loss_func=..., metrics=...)` just works). It leaves a
+    # learner whose model is not `Students` at once: that learner (and its export) never carries it. Before `Recorder`
+    # names the columns.
     order = Recorder.order - 1
-    def after_create(self): self._wrap()
+    def after_create(self):
+        if isinstance(unwrap_model(self.learn.model), Students): self._wrap()
+        else: self.learn.remove_cb(self)
     def before_fit(self): self._wrap()
 
     def _wrap(self):
