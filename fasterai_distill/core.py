@@ -59,3 +59,6 @@ def add_param_docs(
     elif inspect.isfunction(obj): _set_section(obj, obj)
     else: raise TypeError(f"add_param_docs documents functions and classes written in Python, got {obj!r} of type {type(obj).__name__}.")
     return obj
+
+# %% ../nbs/00_core.ipynb #36d699fa
+for _o in (add_param_docs,): add_param_docs(_o)

@@ -23,6 +23,7 @@ from fastprogress.fastprogress import progress_bar
 from .losses import SoftTarget
 from .distillation_callback import KnowledgeDistillationCallback
 from .cli import check_demo_args
+from .core import add_param_docs
 
 # %% auto #0
 __all__ = ['digits_split', 'digits_tensors', 'digits_dls', 'conv_block', 'digits_teacher', 'digits_student', 'n_params',
@@ -184,3 +185,6 @@ def format_results(res:dict, # What `run_demo` returns
     gain = 100 * (res['distilled'] - res['student'])
     lines.append(f"\nDistillation: {gain:+.1f} points of test accuracy for the student trained on {res['n_train']} labelled images.")
     return '\n'.join(lines)
+
+# %% ../nbs/05_demo.ipynb #73222699
+for _o in (digits_split, digits_tensors, digits_dls, conv_block, digits_teacher, digits_student, n_params, EpochProgress, train_digits, test_accuracy, run_demo, format_results): add_param_docs(_o)
