@@ -5,8 +5,8 @@ ResNet-34 teacher -> ResNet-18 student (torchvision, random init), random 64x64 
 In one run it measures, per training batch:
   student   plain student training (fastai Learner, no callback)
   teacher   teacher inference forward alone (eval, no_grad) on the same batches
-  soft      distillation with SoftTarget (the teacher runs right after the student's forward, as the callback does)
-  soft-first  (placement check) the same with the teacher run before the student's forward instead
+  soft      distillation with SoftTarget (the teacher runs just before the student's forward, as the callback does)
+  soft-after  (placement check) the same with the teacher run right after the student's forward instead
   attention distillation with Attention on two layer pairs (layer2, layer3)
 
   teacher-bf16           teacher inference as `teacher_dtype=torch.bfloat16` runs it: a bfloat16 channels-last copy
@@ -19,26 +19,32 @@ In one run it measures, per training batch:
             backward pass also goes through the teacher, as a naive implementation would
 and prints time and peak memory of each with the ratios distillation / (student + teacher).
 
-Time: configurations are interleaved round by round in one process (in alternating order) and the median per-batch
-time is kept; the table also gives the range of the ratios measured within single rounds, to show the machine's noise.
+Time: configurations are interleaved round by round in one process (in alternating order). The ms / batch column is
+the median over the rounds; the ratios are the median of the ratios measured within each round, whose configurations
+run seconds apart: a shared machine's speed swings by 10-30 % over tens of seconds, and within a round those swings
+cancel out, so many short rounds (the default: 21 rounds of 8 batches) pin the ratios down better than a few long ones.
+On the CPU the script also times the phases of each training batch (`PhaseTimer` in `bench/common.py`): the student's
+forward, the teachers (what runs between the batch's start and the loss, outside the student's forward), the backward
+and the optimizer step. It also prints the CPU's matrix-multiply
+throughput at float32 and bfloat16: the most a half-precision teacher can gain on that CPU.
 On Linux the script fixes glibc's malloc thresholds (see `bench/common.py`), which removes most page-fault noise.
 Memory: peak bytes of the tensors allocated during one epoch of each configuration, above what was allocated before
 it (model weights are not counted; gradients, optimizer state, activations and teacher outputs are). On CUDA:
 torch.cuda.max_memory_allocated. On CPU, where torch keeps no allocator statistics: every storage created by a torch
 op is tracked (a TorchDispatchMode with weak references), which counts the same thing.
 
-    python bench/cost.py                 # CPU (and CUDA too when a GPU is present)
+    python bench/cost.py                 # CPU (and CUDA too when a GPU is present); writes bench/cost_results.json
     python bench/cost.py --device cuda --batches 50
 """
-import argparse, contextlib, statistics, time, weakref
+import argparse, contextlib, datetime, json, platform, statistics, sys, time, weakref
 import torch
 from torch import nn
-from common import sync, TrainTimer, device_name, steady_malloc
+from common import sync, TrainTimer, PhaseTimer, device_name, steady_malloc
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 import torch.nn.functional as F
 
-CONFIGS = ['student', 'teacher', 'soft', 'soft-first', 'attention', 'naive',
+CONFIGS = ['student', 'teacher', 'soft', 'soft-after', 'attention', 'naive',
            'teacher-bf16', 'teacher-bf16-nchw', 'teacher-bf16-autocast', 'soft-bf16', 'attention-bf16']
 CUDA_ONLY = ['teacher-fp16', 'soft-fp16', 'attention-fp16']  # float16 teachers: GPUs (the CPU's float16 kernels are slow)
 
@@ -78,17 +84,14 @@ def naive_callback(teacher, loss):
     kd.teachers = GradTeachers(kd.teachers.models, kd.teachers.layer_names, kd.teachers.weights)
     return kd
 
-def teacher_first_callback(teacher, loss):
-    "The other placement: the teacher runs before the student's forward (in `before_batch`), not right after it"
+def teacher_after_callback(teacher, loss):
+    "The other placement: the teacher runs right after the student's forward (in `after_pred`), not just before it"
     from fasterai_distill.distillation_callback import KnowledgeDistillationCallback
-    class TeacherFirst(KnowledgeDistillationCallback):
-        def before_batch(self):
-            super().before_batch()
-            self.early = self.teachers(self.learn.xb)
-        def after_pred(self):  # outputs-only losses: no student features to collect
-            (self.teacher_preds, self.fm_ts, _), self.early = self.early, None
-            self.fm_ss, self.head_preds = [[{}] * len(self.teachers)], [[None] * len(self.teachers)]
-    return TeacherFirst(teacher, loss)
+    class TeacherAfter(KnowledgeDistillationCallback):
+        @property
+        def parts(self): return [p for p in super().parts if p is not self.teacher_run]
+        def after_pred(self): self.run_teachers(); super().after_pred()
+    return TeacherAfter(teacher, loss)
 
 def teacher_inference(teacher, dls, how):
     "Seconds of teacher inference over the training batches: in its own precision, as a bfloat16/float16 copy, or under autocast"
@@ -105,8 +108,8 @@ def teacher_inference(teacher, dls, how):
         for xb, _ in dls.train: model(prep(xb))
     sync(dls.device); return time.perf_counter() - t0
 
-def run_config(name, teacher, student, dls):
-    "Seconds spent on the training batches of one epoch of configuration `name`"
+def run_config(name, teacher, student, dls, phases=None):
+    "Seconds spent on the training batches of one epoch of configuration `name` (and, in `phases`, where they went)"
     from fastai.learner import Learner
     from fasterai_distill.distillation_callback import KnowledgeDistillationCallback
     from fasterai_distill.losses import SoftTarget, Attention
@@ -118,11 +121,11 @@ def run_config(name, teacher, student, dls):
     cbs = {'student': [],
            'soft': [KnowledgeDistillationCallback(teacher, SoftTarget, teacher_dtype=dtype)],
            'attention': [KnowledgeDistillationCallback(teacher, Attention, ['layer2', 'layer3'], ['layer2', 'layer3'], teacher_dtype=dtype)],
-           'soft-first': [teacher_first_callback(teacher, SoftTarget)],
+           'soft-after': [teacher_after_callback(teacher, SoftTarget)],
            'naive': [naive_callback(teacher, naive_soft_target)]}[base]
     timer = TrainTimer()
     learn = Learner(dls, student, loss_func=nn.CrossEntropyLoss(), cbs=cbs)
-    with learn.no_bar(), learn.no_logging(): learn.fit(1, 1e-3, cbs=timer)
+    with learn.no_bar(), learn.no_logging(): learn.fit(1, 1e-3, cbs=[timer] + ([phases] if phases else []))
     return timer.elapsed
 
 class TensorMemory(TorchDispatchMode):
@@ -157,41 +160,80 @@ def bench(device, n_batches, rounds, only=None):
     from fastprogress.fastprogress import progress_bar
     teacher, student, dls = make_setup(device, n_batches)
     cfgs = configs(device, only)
-    times = {c: [] for c in cfgs}
+    times, phases = {c: [] for c in cfgs}, {c: [] for c in cfgs if not c.startswith('teacher')}
+    on_cpu = torch.device(device).type == 'cpu'  # the phase marks would need device syncs on a GPU
     run_config('soft', teacher, student, dls)  # warm-up: allocator, kernels, caches
     for r in progress_bar(range(rounds), leave=False):
         for c in (cfgs if r % 2 == 0 else cfgs[::-1]):  # alternate the order: slow drifts hit every configuration
-            times[c].append(run_config(c, teacher, student, dls) / len(dls.train))
+            pt = PhaseTimer() if on_cpu and c in phases else None
+            times[c].append(run_config(c, teacher, student, dls, pt) / len(dls.train))
+            if pt: phases[c].append(pt.medians())
     mem = {c: measure_memory(c, teacher, student, dls) for c in progress_bar(cfgs, leave=False)}
-    return times, mem
+    return times, mem, phases if on_cpu else None
 
-def report(device, times, mem):
+def matmul_rate(device, dtype, n=2048, reps=10)->float:
+    "GFLOP/s of an n x n matrix product at `dtype` on `device`: the ceiling for a teacher at that precision"
+    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
+    for _ in range(3): a @ b
+    sync(device); t0 = time.perf_counter()
+    for _ in range(reps): a @ b
+    sync(device); return 2 * n**3 * reps / (time.perf_counter() - t0) / 1e9
+
+def report(device, times, mem, phases=None)->dict:
+    "Print the tables for one device; return what they show, for `bench/cost_results.json`"
     t = {c: statistics.median(v) for c, v in times.items()}
+    out = dict(device=device_name(device), ms_per_batch={c: t[c] * 1e3 for c in t}, peak_mib={c: mem[c] / 2**20 for c in mem}, ratios={})
     print(f"\n## {device_name(device)}: ResNet-34 -> ResNet-18, batches of 32 at 64x64, torch {torch.__version__}, "
           f"median of {len(times['student'])} rounds\n")
     print(f"| configuration | ms / batch | peak memory (MiB) |")
     print(f"|---|---|---|")
     for c in times: print(f"| {c} | {t[c]*1e3:.1f} | {mem[c]/2**20:.0f} |")
     base_m = mem['student'] + mem['teacher']
-    print(f"\nRatios to the fp32 limit, student training + fp32 teacher inference, measured in the same run:\n")
-    print(f"| configuration | time / (student + teacher) | per-round range | peak memory / (student + teacher) | peak memory / student |")
-    print(f"|---|---|---|---|---|")
+    print(f"\nRatios to the fp32 limit, student training + fp32 teacher inference, measured in the same run. Time: the median "
+          f"of the ratios measured within each round (the configurations of a round run seconds apart, so the machine's "
+          f"slow swings cancel out), with the middle half and the whole range of those ratios:\n")
+    print(f"| configuration | time / (student + teacher) | middle half of rounds | all rounds | peak memory / (student + teacher) | peak memory / student |")
+    print(f"|---|---|---|---|---|---|")
     for c in [c for c in times if c not in ('student', 'teacher')]:
-        # the ratio of medians, and the range of the ratios within each round (how much the machine's noise moves it)
-        per_round = [x / (s + te) for x, s, te in zip(times[c], times['student'], times['teacher'])]
-        print(f"| {c} | {t[c] / (t['student'] + t['teacher']):.3f} | {min(per_round):.2f}-{max(per_round):.2f} "
+        per_round = sorted(x / (s + te) for x, s, te in zip(times[c], times['student'], times['teacher']))
+        q1, _, q3 = statistics.quantiles(per_round, n=4, method='inclusive') if len(per_round) > 1 else per_round * 3
+        print(f"| {c} | {statistics.median(per_round):.3f} | {q1:.2f}-{q3:.2f} | {per_round[0]:.2f}-{per_round[-1]:.2f} "
               f"| {mem[c]/base_m:.3f} | {mem[c]/mem['student']:.3f} |")
+        out['ratios'][c] = dict(time=statistics.median(per_round), time_middle_half=[q1, q3], time_range=[per_round[0], per_round[-1]],
+                                memory=mem[c] / base_m, memory_vs_student=mem[c] / mem['student'])
+    rates = {d: matmul_rate(device, d) for d in (torch.float32, torch.bfloat16)}
+    print(f"\nMatrix products on this {device_name(device)}: float32 {rates[torch.float32]:.0f} GFLOP/s, bfloat16 "
+          f"{rates[torch.bfloat16]:.0f} GFLOP/s ({rates[torch.bfloat16] / rates[torch.float32]:.1f}x).")
+    out['matmul_gflops'] = {str(d).replace('torch.', ''): r for d, r in rates.items()}
+    if not phases: return out
+    out['phases_ms'] = {}
+    print(f"\nWhere a training batch's time goes (ms, the median over batches and rounds; 'rest' is the data loading and "
+          f"fastai's loop, from the epoch's time):\n")
+    print(f"| configuration | {' | '.join(PhaseTimer.phases)} | rest | total |")
+    print(f"|---|{'---|' * (len(PhaseTimer.phases) + 2)}")
+    for c, rounds in phases.items():
+        ms = [statistics.median(p[n] for p in rounds) * 1e3 for n in PhaseTimer.phases]
+        print(f"| {c} | {' | '.join(f'{m:.1f}' for m in ms)} | {t[c] * 1e3 - sum(ms):.1f} | {t[c] * 1e3:.1f} |")
+        out['phases_ms'][c] = dict(zip(PhaseTimer.phases, ms), rest=t[c] * 1e3 - sum(ms))
+    return out
 
 if __name__ == '__main__':
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument('--device', default=None, help="cpu or cuda (default: cpu, then cuda too if available)")
-    p.add_argument('--batches', type=int, default=24, help="training batches per epoch")
+    p.add_argument('--batches', type=int, default=8, help="training batches per epoch")
     p.add_argument('--threads', type=int, default=None, help="CPU threads for torch (default: torch's choice, one per core)")
-    p.add_argument('--rounds', type=int, default=7, help="interleaved rounds; the median is reported")
+    p.add_argument('--rounds', type=int, default=21, help="interleaved rounds; the median is reported")
     p.add_argument('--configs', default=None, help="comma-separated configurations to run (default: all; student and teacher always run)")
+    p.add_argument('--out', default='bench/cost_results.json', help="results file (default bench/cost_results.json; '' for none)")
     a = p.parse_args()
     steady_malloc()
     if a.threads: torch.set_num_threads(a.threads)
     devices = [a.device] if a.device else ['cpu'] + (['cuda'] if torch.cuda.is_available() else [])
     only = a.configs.split(',') if a.configs else None
-    for d in devices: report(d, *bench(d, a.batches, a.rounds, only))
+    start = time.perf_counter()
+    results = [report(d, *bench(d, a.batches, a.rounds, only)) for d in devices]
+    if a.out:
+        meta = dict(command='python ' + ' '.join(sys.argv), date=datetime.date.today().isoformat(), torch=torch.__version__,
+                    python=platform.python_version(), batches=a.batches, rounds=a.rounds, runtime_s=time.perf_counter() - start)
+        with open(a.out, 'w') as f: json.dump(dict(meta, results=results), f, indent=1)
+        print(f"\nwritten to {a.out}")

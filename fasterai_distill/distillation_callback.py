@@ -36,8 +36,8 @@ from .core import add_param_docs
 __all__ = ['output_logits', 'as_teacher_dtype', 'check_dtype_runs', 'half_copy', 'Teachers', 'ForwardScope', 'StudentFeatures',
            'FeatureAdapter', 'make_adapters', 'FeatureAdapters', 'model_device', 'check_cacheable', 'TeacherCache',
            'CachedTeachers', 'DistillTable', 'FiniteWatch', 'WithParts', 'distill_losses', 'adapted_features',
-           'heads_on_teacher_features', 'LastBatch', 'KnowledgeDistillationCallback', 'get_model_layers',
-           'get_module_by_name', 'match_feature_layers']
+           'heads_on_teacher_features', 'LastBatch', 'TeacherForward', 'KnowledgeDistillationCallback',
+           'get_model_layers', 'get_module_by_name', 'match_feature_layers']
 
 # %% ../nbs/03_distillation_callback.ipynb #baff0b54
 # The layer tools live in `fasterai_distill.layers`; users of the original library import them from here.
@@ -811,14 +811,22 @@ class LastBatch:
     @property
     def distill_loss(self): return None if self.distill_losses is None else sum(self.distill_losses)
 
+# %% ../nbs/03_distillation_callback.ipynb #5e6ff6cd
+class TeacherForward(Callback):
+    "Runs the distillation callback's teachers on the batch at the last `before_batch`, before the student's forward and its hooks"
+    order, run_valid = StudentFeatures.order, False  # the same last order: added to the learner first, it runs first
+    def __init__(self, kd): self.kd = kd
+    def before_batch(self): self.kd.run_teachers()
+
+
 # %% ../nbs/03_distillation_callback.ipynb #e32e90ce
 class KnowledgeDistillationCallback(WithParts, LastBatch):
     "Distill `teacher` (or several) into the learner's model with `loss`, blended into the task loss with `weight` (times `schedule`)"
-    # The blend happens on the raw task loss, before `GradientAccumulation` rescales it. The teachers run in `after_pred`,
-    # inside `MixedPrecision`'s autocast region (from its `before_batch` to its `after_loss`), on the batch the student saw.
+    # The blend happens on the raw task loss, before `GradientAccumulation` rescales it. The teachers run at the last
+    # `before_batch` (`TeacherForward`), inside `MixedPrecision`'s autocast region, on the batch the student then sees.
     order, run_valid = GradientAccumulation.order - 0.5, False
     _only_train_loop = True  # `Learner.summary` leaves it (and so its parts) out
-    _stateattrs = ('teacher', 'teachers', 'teacher_preds', 'fm_ts', 'fm_ss', 'head_preds', 'task_losses', 'distill_losses', 'watch')
+    _stateattrs = ('teacher', 'teachers', 'teacher_preds', 'fm_ts', 'teacher_heads', 'fm_ss', 'head_preds', 'task_losses', 'distill_losses', 'watch')
     def __init__(self,
         teacher:nn.Module|list, # The trained model to distill from, or a list of them; never trained, moved to the learner's device
         loss, # A distillation loss from `fasterai_distill.losses` (or any callable with the same keyword arguments)
@@ -848,15 +856,16 @@ class KnowledgeDistillationCallback(WithParts, LastBatch):
         self.features = StudentFeatures(s_layers, student_head) if s_layers or student_head else None
         self.adapter_part = _as_adapters(adapters, s_layers, len(models), student_head)
         self.cache = CachedTeachers(cache_teacher) if cache_teacher else None
+        self.teacher_run = TeacherForward(self)
         self.table = DistillTable(self)
         self._init_state()
 
     def _init_state(self):
-        self.teacher_preds = self.fm_ts = self.fm_ss = self.head_preds = self.task_losses = self.distill_losses = self.watch = self.n_items = None
+        self.teacher_preds = self.fm_ts = self.teacher_heads = self.fm_ss = self.head_preds = self.task_losses = self.distill_losses = self.watch = self.n_items = None
         if 'teachers' not in self.__dict__: self.teacher = self.teachers = None  # loaded from an export: no teacher
 
     @property
-    def parts(self): return [p for p in (self.features, self.adapter_part, self.cache, self.table) if p is not None]
+    def parts(self): return [p for p in (self.teacher_run, self.features, self.adapter_part, self.cache, self.table) if p is not None]
 
     @property
     def adapters(self):
@@ -901,8 +910,8 @@ class KnowledgeDistillationCallback(WithParts, LastBatch):
         self.features.names = s
         self.teachers.set_layers([t]); self._place_teachers()
 
-    def after_pred(self):
-        "The teachers' outputs for this batch (from the cache, or one forward each), and the students' features, adapted"
+    def run_teachers(self):
+        "The teachers' outputs for this batch: from the cache, or one forward each (called by `TeacherForward`)"
         xb = self.learn.xb
         cached = self.cache.lookup(xb, self.teachers.layer_names, self.teacher_head_input) if self.cache is not None else None
         preds, fm_ts, heads = cached or self.teachers(xb)
@@ -911,12 +920,15 @@ class KnowledgeDistillationCallback(WithParts, LastBatch):
             if self.learn.iter == 0: self.watch.check(self.learn.epoch)  # one sync per epoch, on its first batch
             if self.cache is not None: self.cache.store(preds, fm_ts, heads, xb)  # at the teachers' precision
         if self.teacher_dtype is not None: preds, fm_ts, heads = _float32(preds, fm_ts, heads)  # whatever precision the teachers ran at
-        self.teacher_preds, self.fm_ts = preds, fm_ts
+        self.teacher_preds, self.fm_ts, self.teacher_heads = preds, fm_ts, heads
+
+    def after_pred(self):
+        "The students' features, adapted to the teachers' (and, with `student_head`, the head on the teachers' features)"
         n, f = len(self.learn.pred) if isinstance(self.learn.pred, StudentOutputs) else 1, self.features
         adapt = _no_adapter if self.adapter_part is None else self.adapter_part.adapt
-        self.fm_ss = adapted_features(f.stored if f is not None and f.names else [{}] * n, fm_ts, adapt)
-        self.head_preds = (heads_on_teacher_features(f.heads, f.head_inputs, heads, adapt, self.output_fn, (self.student_head, self.teacher_head_input))
-                           if self.student_head else [[None] * len(fm_ts)] * n)
+        self.fm_ss = adapted_features(f.stored if f is not None and f.names else [{}] * n, self.fm_ts, adapt)
+        self.head_preds = (heads_on_teacher_features(f.heads, f.head_inputs, self.teacher_heads, adapt, self.output_fn, (self.student_head, self.teacher_head_input))
+                           if self.student_head else [[None] * len(self.fm_ts)] * n)
 
     def after_loss(self):
         # Still inside `MixedPrecision`'s autocast region (its `after_loss` comes later): compute the losses in float32.
@@ -931,7 +943,7 @@ class KnowledgeDistillationCallback(WithParts, LastBatch):
         self.task_losses = [l.detach() for l in per_student] if per_student else [task.detach()]
         self.distill_losses, self.n_items = [k.detach() for k in kds], preds[0].shape[0]
 
-    def after_batch(self): self.teacher_preds = self.fm_ts = self.fm_ss = self.head_preds = None  # not needed past the loss
+    def after_batch(self): self.teacher_preds = self.fm_ts = self.teacher_heads = self.fm_ss = self.head_preds = None  # not needed past the loss
 
     def after_train(self): self.watch.check(self.learn.epoch)
 
