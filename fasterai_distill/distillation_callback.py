@@ -28,7 +28,7 @@ from fastai.distributed import DistributedDL, DistributedTrainer
 from .layers import *
 from .layers import _eval_mode
 from .schedule import *
-from .losses import check_loss_keywords
+from .losses import check_loss_keywords, needs_teacher_logits
 from .students import StudentOutputs, students_of
 from .core import add_param_docs
 
@@ -103,6 +103,7 @@ class Teachers:
         output_fn=output_logits, # Extracts the logits from a teacher's output
         dtype:torch.dtype|None=None, # Run at this precision (a copy of each teacher, made per fit), outputs in float32; None: as they are
         head_input:str|None=None, # A layer of every teacher whose output is kept as well (for the student's head)
+        stop_early:bool=False, # Stop each forward once all hooked layers have run (for losses that never read the logits): the logits are then None
     ):
         store_attr()
         self.copies = None
@@ -113,7 +114,7 @@ class Teachers:
         self.layer_names = layer_names
         names = [[*(n or []), *([self.head_input] if self.head_input else [])] for n in layer_names]
         self.layers = [find_layers(m, n, 'teacher') if n else [] for m, n in zip(self.models, names)]
-        self.copies = None
+        self.reset()
 
     def __len__(self): return len(self.models)
 
@@ -129,21 +130,43 @@ class Teachers:
             copies = [half_copy(m, self.dtype, device) for m in self.models]
             self.copies = [(device, c, [_resolve_same(m, c, l) for l in layers]) for m, c, layers in zip(self.models, copies, self.layers)]
 
-    def reset(self): self.copies = None  # the teachers may have changed between fits
+    def reset(self):
+        "Forget the copies and whether forwards may stop early: the teachers may have changed between fits"
+        self.copies = None
+        self.stops = [None if self.stop_early and layers else False for layers in self.layers]  # None: not known yet
 
     def __call__(self, xb:tuple)->tuple[list, list, list]:
         "Per teacher: the logits, the hooked features (a dict) and the output of `head_input` (or None), for the batch `xb`"
         runs = (zip(self.models, self.layers) if self.dtype is None else [(c, l) for _, c, l in self.copies])
         if self.dtype is not None: xb = tuple(_to_teacher_input(x, self.dtype) for x in xb)
         preds, feats, heads = [], [], []
-        for (m, layers), names in zip(runs, self.layer_names):
+        for i, ((m, layers), names) in enumerate(zip(runs, self.layer_names)):
             # `_eval_mode` restores every submodule's own flag after the forward, even when it raises.
             with torch.no_grad(), _eval_mode(m), hook_outputs(layers, detach=False) as hooks:
-                preds.append(self.output_fn(m(*xb)))
+                preds.append(self._forward(i, m, xb, layers))
             outs = list(hooks.stored)
             heads.append(outs.pop() if self.head_input else None)
             feats.append(dict(zip(names or [], outs)))
         return preds, feats, heads
+
+    def _forward(self, i, model, xb, layers):
+        "Teacher `i`'s logits on `xb`; with `stop_early`, None once its forward has stopped after the last of `layers`"
+        # Stopping is exact only if each layer runs once per forward (hooks keep a module's last output): the first
+        # forward of a fit runs in full and counts the calls; the next ones stop when every layer has run.
+        stop, modules = self.stops[i], list({id(l): l for l in layers}.values())
+        counts = {id(l): 0 for l in modules}
+        def count(module, inp, out):  # registered after `hook_outputs`' hooks: the output is already stored
+            counts[id(module)] += 1
+            if stop and all(counts.values()): raise _EnoughLayers()
+        handles = [l.register_forward_hook(count) for l in modules] if stop is not False else []
+        try: out = model(*xb)
+        except _EnoughLayers: return None
+        finally:
+            for h in handles: h.remove()
+        if stop is None: self.stops[i] = all(c == 1 for c in counts.values())
+        return self.output_fn(out)
+
+class _EnoughLayers(Exception): "Raised inside a teacher's forward once every layer the losses need has run"
 
 def _resolve_same(model, copy_, module):
     "The submodule of `copy_` at the place `module` has in `model`"
@@ -768,7 +791,7 @@ def _no_adapter(key, x, shape): return x
 
 def _float32(preds, fm_ts, heads):
     "The teachers' outputs in float32, for the losses"
-    return [p.float() for p in preds], [{n: f.float() for n, f in fm.items()} for fm in fm_ts], [None if h is None else h.float() for h in heads]
+    return [None if p is None else p.float() for p in preds], [{n: f.float() for n, f in fm.items()} for fm in fm_ts], [None if h is None else h.float() for h in heads]
 
 def adapted_features(fm_s:list, fm_ts:list, adapt=_no_adapter)->list:
     "Per student and teacher: the student's features (`fm_s`, a dict per student) adapted by `adapt(key, x, shape)` to the shapes of the teacher's (`fm_ts`)"
@@ -851,7 +874,8 @@ class KnowledgeDistillationCallback(WithParts, LastBatch):
         self.weight, self.sched, self.teacher_dtype = _validate_weight(weight), as_schedule(schedule), as_teacher_dtype(teacher_dtype)
         self.current_weight = self.weight
         self.teachers = Teachers(models, [None] * len(models) if self.positions else t_layers,
-                                 _validate_teacher_weights(teacher_weights, len(models)), output_fn, self.teacher_dtype, teacher_head_input)
+                                 _validate_teacher_weights(teacher_weights, len(models)), output_fn, self.teacher_dtype, teacher_head_input,
+                                 stop_early=not (needs_teacher_logits(loss) or cache_teacher))
         self.teacher_weights, self._t_positions = self.teachers.weights, t_layers[0] if self.positions else None
         self.features = StudentFeatures(s_layers, student_head) if s_layers or student_head else None
         self.adapter_part = _as_adapters(adapters, s_layers, len(models), student_head)
