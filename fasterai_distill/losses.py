@@ -458,6 +458,7 @@ class CombinedLoss:
 _all_losses = (SoftTarget, SoftEntropy, Logits, Mutual, DecoupledKD, Attention, FitNet, ActivationBoundaries, MMD, FeatureL1,
                FeatureL2, Similarity, PKT, RKD)
 _without_teacher_logits = [l for l in _all_losses if 'teacher_pred' not in _named_params(l)]
+_strict_code = strict_keywords(lambda **kwargs: None).__code__  # the code every `strict_keywords` wrapper runs
 
 def needs_teacher_logits(
     loss, # A loss of this module, a `functools.partial` of one, a `CombinedLoss`, or any callable
@@ -466,7 +467,7 @@ def needs_teacher_logits(
     if isinstance(loss, CombinedLoss): return any(needs_teacher_logits(l) for l in loss.losses)
     while not any(loss is l for l in _without_teacher_logits):  # by identity: a loss may be unhashable
         if isinstance(loss, functools.partial): loss = loss.func
-        elif hasattr(loss, '__wrapped__'): loss = loss.__wrapped__
+        elif getattr(loss, '__code__', None) is _strict_code: loss = loss.__wrapped__  # only `strict_keywords`' own wrapper
         else: return True
     return False
 
