@@ -1,5 +1,5 @@
 "Pieces shared by the benchmark scripts in `bench/` (run them from the repository root: `python bench/<script>.py`)."
-import os, sys, time
+import os, statistics, sys, time
 import torch
 from fastai.callback.core import Callback
 
@@ -53,5 +53,4 @@ class PhaseTimer(Callback):
 
     def medians(self)->dict:
         "The median seconds of each phase over this epoch's batches, the first one left out (it sets up the optimizer state)"
-        import statistics
         return {n: statistics.median(r[i] for r in self.rec[1:]) for i, n in enumerate(self.phases)}

@@ -25,8 +25,8 @@ run seconds apart: a shared machine's speed swings by 10-30 % over tens of secon
 cancel out, so many short rounds (the default: 21 rounds of 8 batches) pin the ratios down better than a few long ones.
 On the CPU the script also times the phases of each training batch (`PhaseTimer` in `bench/common.py`): the student's
 forward, the teachers (what runs between the batch's start and the loss, outside the student's forward), the backward
-and the optimizer step. It also prints the CPU's matrix-multiply
-throughput at float32 and bfloat16: the most a half-precision teacher can gain on that CPU.
+and the optimizer step. It also prints the device's matrix-product throughput at float32 and bfloat16: about the
+most a half-precision teacher can gain there.
 On Linux the script fixes glibc's malloc thresholds (see `bench/common.py`), which removes most page-fault noise.
 Memory: peak bytes of the tensors allocated during one epoch of each configuration, above what was allocated before
 it (model weights are not counted; gradients, optimizer state, activations and teacher outputs are). On CUDA:

@@ -874,8 +874,7 @@ class KnowledgeDistillationCallback(WithParts, LastBatch):
         self.weight, self.sched, self.teacher_dtype = _validate_weight(weight), as_schedule(schedule), as_teacher_dtype(teacher_dtype)
         self.current_weight = self.weight
         self.teachers = Teachers(models, [None] * len(models) if self.positions else t_layers,
-                                 _validate_teacher_weights(teacher_weights, len(models)), output_fn, self.teacher_dtype, teacher_head_input,
-                                 stop_early=not (needs_teacher_logits(loss) or cache_teacher))
+                                 _validate_teacher_weights(teacher_weights, len(models)), output_fn, self.teacher_dtype, teacher_head_input)
         self.teacher_weights, self._t_positions = self.teachers.weights, t_layers[0] if self.positions else None
         self.features = StudentFeatures(s_layers, student_head) if s_layers or student_head else None
         self.adapter_part = _as_adapters(adapters, s_layers, len(models), student_head)
@@ -908,7 +907,11 @@ class KnowledgeDistillationCallback(WithParts, LastBatch):
         if self.cache is not None: self.cache.clear()
 
     def before_fit(self):
-        if _in_fit(self.learn) and self.teachers is not None: self.teachers.reset()
+        if not _in_fit(self.learn) or self.teachers is None: return
+        # From `loss` as it is now (it may have been swapped since): the teachers' forwards stop early only for losses
+        # that never read the logits, and never with a cache, which stores them.
+        self.teachers.stop_early = not (needs_teacher_logits(self.loss) or self.cache_teacher)
+        self.teachers.reset()
 
     def before_train(self):
         if self.teachers is None: raise ValueError(_no_teacher)
