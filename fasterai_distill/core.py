@@ -1,4 +1,4 @@
-"""Small helpers shared by the modules: `add_param_docs` writes each parameter's docment into the docstring, so `help()` shows them.
+"""Small helpers shared by the modules: docments in `help()`, the logits in a model's output, the device of a model, and whether a fit is training.
 
 Docs: https://fasterai-labs.github.io/fasterai_distill/core.html.md"""
 
@@ -8,9 +8,13 @@ Docs: https://fasterai-labs.github.io/fasterai_distill/core.html.md"""
 from __future__ import annotations
 import inspect
 from fastcore.docments import docments
+from collections.abc import Mapping
+import torch
+from torch import nn
+import torch.distributed as dist
 
 # %% auto #0
-__all__ = ['add_param_docs']
+__all__ = ['add_param_docs', 'output_logits', 'model_device', 'world_size', 'in_fit']
 
 # %% ../nbs/00_core.ipynb #fbb21f29
 _section_marker = 'Parameters\n----------'
@@ -60,5 +64,33 @@ def add_param_docs(
     else: raise TypeError(f"add_param_docs documents functions and classes written in Python, got {obj!r} of type {type(obj).__name__}.")
     return obj
 
+# %% ../nbs/00_core.ipynb #28a28d2c
+def output_logits(out, # A model output: tensor, tuple/list, dict, or an object with `.logits`
+                 ):
+    "The logits in a model output: a tensor as is, `.logits`, `out['logits']`, or the first element of a tuple/list"
+    if isinstance(out, torch.Tensor): return out
+    if hasattr(out, 'logits'): return out.logits
+    if isinstance(out, Mapping):
+        if 'logits' in out: return out['logits']
+        raise ValueError(f"The model returned a dict without a 'logits' key (keys: {list(out)}); "
+                         "pass `output_fn=` to KnowledgeDistillationCallback to say which entry holds the logits.")
+    if isinstance(out, (tuple, list)) and len(out) and isinstance(out[0], torch.Tensor): return out[0]
+    raise ValueError(f"Cannot find logits in a model output of type {type(out).__name__}; "
+                     "pass `output_fn=` to KnowledgeDistillationCallback to extract them.")
+
+# %% ../nbs/00_core.ipynb #047d2a19
+def model_device(model:nn.Module)->torch.device|None:
+    "The device of `model`'s first parameter (None for a model without parameters)"
+    p = next(model.parameters(), None)
+    return None if p is None else p.device
+
+def world_size()->int:
+    "The number of processes training together: the default process group's size, 1 without one"
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+def in_fit(learn)->bool:
+    "Whether the current `before_fit` of `learn` starts training: fastai's inference entry points hold `learn.lock`, `fit` does not"
+    return not learn.lock.locked()
+
 # %% ../nbs/00_core.ipynb #36d699fa
-for _o in (add_param_docs,): add_param_docs(_o)
+for _o in (add_param_docs, output_logits, model_device, world_size, in_fit): add_param_docs(_o)

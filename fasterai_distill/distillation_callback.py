@@ -6,603 +6,37 @@ Docs: https://fasterai-labs.github.io/fasterai_distill/distillation_callback.htm
 
 # %% ../nbs/03_distillation_callback.ipynb #b04ebdfe
 from __future__ import annotations
-import copy, math, warnings
-from collections.abc import Hashable
 from collections.abc import Mapping
-from copy import deepcopy
 import torch
 from torch import nn, Tensor
-import torch.nn.functional as F
-import torch.distributed as dist
-from fastcore.basics import store_attr, listify, patch
+from fastcore.basics import store_attr, listify
 from fastai.callback.core import Callback
-from fastai.callback.hook import hook_outputs, Hooks
-from fastai.callback.fp16 import MixedPrecision
 from fastai.callback.training import GradientAccumulation
-from fastai.learner import Recorder
-from fastai.optimizer import OptimWrapper
-from fastai.torch_core import norm_bias_params
-from fastai.data.load import DataLoader
-from fastai.data.core import TfmdDL
-from fastai.distributed import DistributedDL, DistributedTrainer
 from .layers import *
-from .layers import _eval_mode
 from .schedule import *
 from .losses import check_loss_keywords, needs_teacher_logits
 from .students import StudentOutputs, students_of
-from .core import add_param_docs
+from .core import add_param_docs, output_logits, model_device, in_fit
+from .callback.teachers import *
+from .callback.features import *
+from .callback.features import _no_adapter, _float32
+from .callback.cache import *
+from .callback.table import *
 
 # %% auto #0
-__all__ = ['output_logits', 'as_teacher_dtype', 'check_dtype_runs', 'half_copy', 'Teachers', 'ForwardScope', 'StudentFeatures',
-           'FeatureAdapter', 'make_adapters', 'FeatureAdapters', 'model_device', 'check_cacheable', 'TeacherCache',
-           'CachedTeachers', 'DistillTable', 'FiniteWatch', 'WithParts', 'distill_losses', 'adapted_features',
-           'heads_on_teacher_features', 'LastBatch', 'TeacherForward', 'KnowledgeDistillationCallback',
-           'get_model_layers', 'get_module_by_name', 'match_feature_layers']
+__all__ = ['WithParts', 'distill_losses', 'LastBatch', 'KnowledgeDistillationCallback', 'get_model_layers', 'get_module_by_name',
+           'match_feature_layers', 'output_logits', 'model_device', 'as_teacher_dtype', 'check_dtype_runs', 'half_copy',
+           'Teachers', 'FiniteWatch', 'TeacherForward', 'ForwardScope', 'StudentFeatures', 'FeatureAdapter',
+           'make_adapters', 'FeatureAdapters', 'adapted_features', 'heads_on_teacher_features', 'check_cacheable',
+           'TeacherCache', 'CachedTeachers', 'DistillTable']
 
 # %% ../nbs/03_distillation_callback.ipynb #baff0b54
-# The layer tools live in `fasterai_distill.layers`; users of the original library import them from here.
-_all_ = ['get_model_layers', 'get_module_by_name', 'match_feature_layers']
-
-# %% ../nbs/03_distillation_callback.ipynb #28a28d2c
-def output_logits(out, # A model output: tensor, tuple/list, dict, or an object with `.logits`
-                 ):
-    "The logits in a model output: a tensor as is, `.logits`, `out['logits']`, or the first element of a tuple/list"
-    if isinstance(out, torch.Tensor): return out
-    if hasattr(out, 'logits'): return out.logits
-    if isinstance(out, Mapping):
-        if 'logits' in out: return out['logits']
-        raise ValueError(f"The model returned a dict without a 'logits' key (keys: {list(out)}); "
-                         "pass `output_fn=` to KnowledgeDistillationCallback to say which entry holds the logits.")
-    if isinstance(out, (tuple, list)) and len(out) and isinstance(out[0], torch.Tensor): return out[0]
-    raise ValueError(f"Cannot find logits in a model output of type {type(out).__name__}; "
-                     "pass `output_fn=` to KnowledgeDistillationCallback to extract them.")
-
-# %% ../nbs/03_distillation_callback.ipynb #e065c3a0
-_dtypes = {None: None, torch.bfloat16: torch.bfloat16, torch.float16: torch.float16, 'bfloat16': torch.bfloat16,
-           'bf16': torch.bfloat16, 'float16': torch.float16, 'fp16': torch.float16, 'half': torch.float16}
-
-def as_teacher_dtype(dtype)->torch.dtype|None:
-    "`dtype` as a torch dtype: None, `torch.bfloat16` or `torch.float16` (or their names, e.g. 'bf16', 'float16')"
-    if isinstance(dtype, Hashable) and dtype in _dtypes: return _dtypes[dtype]
-    raise ValueError(f"`teacher_dtype` must be None (the teacher's own precision), torch.bfloat16 or torch.float16 (or 'bf16', "
-                     f"'fp16'), got {dtype!r}.")
-
-def _to_teacher_input(x, dtype):
-    if not isinstance(x, Tensor) or not x.is_floating_point(): return x
-    return x.to(dtype, memory_format=torch.channels_last) if x.ndim == 4 else x.to(dtype)
-
-def check_dtype_runs(dtype:torch.dtype, device:torch.device):
-    "Raise a `ValueError` naming an alternative if a channels-last convolution + BatchNorm + linear layer cannot run at `dtype` on `device`"
-    probe = nn.Sequential(nn.Conv2d(1, 2, 1), nn.BatchNorm2d(2), nn.Flatten(), nn.Linear(8, 2)).eval()
-    probe.to(device=device, dtype=dtype, memory_format=torch.channels_last)  # as the teachers' copies run
-    try:
-        with torch.no_grad(): probe(_to_teacher_input(torch.zeros(1, 1, 2, 2, device=device), dtype))
-    except (RuntimeError, NotImplementedError) as e:
-        other = 'torch.bfloat16' if dtype == torch.float16 else 'torch.float16'
-        raise ValueError(f"teacher_dtype={dtype} cannot run on {device} here ({str(e).splitlines()[0]}): use teacher_dtype={other} "
-                         "if your hardware has it, or teacher_dtype=None (the teacher's own precision).") from None
-
-# %% ../nbs/03_distillation_callback.ipynb #72db680b
-def half_copy(model:nn.Module, dtype:torch.dtype, device=None)->nn.Module:
-    "A copy of `model` with its floating-point weights and buffers at `dtype` (4-D ones channels-last) on `device`"
-    def cast(t):  # straight from the original to the copy's precision: no float32 copy in between
-        if not t.is_floating_point(): return t.to(device, copy=True)
-        return t.to(device, dtype, memory_format=torch.channels_last if t.ndim == 4 else torch.preserve_format)
-    with torch.no_grad():
-        memo = {id(p): nn.Parameter(cast(p), requires_grad=False) for p in model.parameters()}
-        memo.update({id(b): cast(b) for b in model.buffers()})
-        return copy.deepcopy(model, memo)
-
-# %% ../nbs/03_distillation_callback.ipynb #e1956116
-class Teachers:
-    "The frozen teachers: one forward each per batch, under `no_grad` and in eval mode, with their hooked layers' outputs"
-    def __init__(self,
-        models:list, # The teacher modules
-        layer_names:list, # Per teacher: the names of the layers whose outputs feed feature losses (or None)
-        weights:list, # Per teacher: the weight of its loss (summing to 1)
-        output_fn=output_logits, # Extracts the logits from a teacher's output
-        dtype:torch.dtype|None=None, # Run at this precision (a copy of each teacher, made per fit), outputs in float32; None: as they are
-        head_input:str|None=None, # A layer of every teacher whose output is kept as well (for the student's head)
-        stop_early:bool=False, # Stop each forward once all hooked layers have run (for losses that never read the logits): the logits are then None
-    ):
-        store_attr()
-        self.copies = None
-        self.set_layers(layer_names)
-
-    def set_layers(self, layer_names:list):
-        "Hook these layers (a list of names, or None, per teacher); unknown names raise a `ValueError` naming close ones"
-        self.layer_names = layer_names
-        names = [[*(n or []), *([self.head_input] if self.head_input else [])] for n in layer_names]
-        self.layers = [find_layers(m, n, 'teacher') if n else [] for m, n in zip(self.models, names)]
-        self.reset()
-
-    def __len__(self): return len(self.models)
-
-    def to(self, device, channels_last=False):
-        "Move the teachers to `device` (and to channels-last memory format); with `dtype`, copy them there at that precision"
-        if self.dtype is None:
-            for m in self.models:
-                if device is not None: m.to(device)
-                if channels_last: m.to(memory_format=torch.channels_last)
-        elif self.copies is None or self.copies[0][0] != device:
-            # The user's teachers keep their weights, dtype and device: a round trip through half precision is lossy.
-            check_dtype_runs(self.dtype, device)
-            copies = [half_copy(m, self.dtype, device) for m in self.models]
-            self.copies = [(device, c, [_resolve_same(m, c, l) for l in layers]) for m, c, layers in zip(self.models, copies, self.layers)]
-
-    def reset(self):
-        "Forget the copies and whether forwards may stop early: the teachers may have changed between fits"
-        self.copies = None
-        self.stops = [None if self.stop_early and layers else False for layers in self.layers]  # None: not known yet
-
-    def __call__(self, xb:tuple)->tuple[list, list, list]:
-        "Per teacher: the logits, the hooked features (a dict) and the output of `head_input` (or None), for the batch `xb`"
-        runs = (zip(self.models, self.layers) if self.dtype is None else [(c, l) for _, c, l in self.copies])
-        if self.dtype is not None: xb = tuple(_to_teacher_input(x, self.dtype) for x in xb)
-        preds, feats, heads = [], [], []
-        for i, ((m, layers), names) in enumerate(zip(runs, self.layer_names)):
-            # `_eval_mode` restores every submodule's own flag after the forward, even when it raises.
-            with torch.no_grad(), _eval_mode(m), hook_outputs(layers, detach=False) as hooks:
-                preds.append(self._forward(i, m, xb, layers))
-            outs = list(hooks.stored)
-            heads.append(outs.pop() if self.head_input else None)
-            feats.append(dict(zip(names or [], outs)))
-        return preds, feats, heads
-
-    def _forward(self, i, model, xb, layers):
-        "Teacher `i`'s logits on `xb`; with `stop_early`, None once its forward has stopped after the last of `layers`"
-        # Stopping is exact only if each layer runs once per forward (hooks keep a module's last output): the first
-        # forward of a fit runs in full and counts the calls; the next ones stop when every layer has run.
-        stop, modules = self.stops[i], list({id(l): l for l in layers}.values())
-        counts = {id(l): 0 for l in modules}
-        def count(module, inp, out):  # registered after `hook_outputs`' hooks: the output is already stored
-            counts[id(module)] += 1
-            if stop and all(counts.values()): raise _EnoughLayers()
-        handles = [l.register_forward_hook(count) for l in modules] if stop is not False else []
-        try: out = model(*xb)
-        except _EnoughLayers: return None
-        finally:
-            for h in handles: h.remove()
-        if stop is None: self.stops[i] = all(c == 1 for c in counts.values())
-        return self.output_fn(out)
-
-class _EnoughLayers(Exception): "Raised inside a teacher's forward once every layer the losses need has run"
-
-def _resolve_same(model, copy_, module):
-    "The submodule of `copy_` at the place `module` has in `model`"
-    name = next(n for n, m in model.named_modules() if m is module)
-    return copy_.get_submodule(name) if name else copy_
-
-# %% ../nbs/03_distillation_callback.ipynb #483a5f15
-def _module_input(m, i, o): return i[0]
-
-class ForwardScope:
-    "Hooks `modules` (their outputs) and `input_modules` (their inputs) until the end of the next forward of `model`"
-    def __init__(self,
-        model:nn.Module, # The model whose forward bounds the hooks
-        modules:list, # Modules whose outputs are kept, in `hooks.stored`
-        input_modules:list=(), # Modules whose inputs are kept, in `input_hooks.stored`
-    ):
-        self.hooks = hook_outputs(modules, detach=False)
-        self.input_hooks = Hooks(input_modules, _module_input, detach=False)
-        # `always_call`: also when the forward raises. (Not on a KeyboardInterrupt, which skips torch's always-called
-        # hooks: then the next forward of `model`, or the next batch, removes them. This object pickles, so
-        # `torch.save(model)` works in between.)
-        self.handle = model.register_forward_hook(self, always_call=True)
-
-    def __call__(self, *_): self.remove()
-
-    def remove(self):
-        if self.handle is None: return
-        self.hooks.remove(); self.input_hooks.remove(); self.handle.remove(); self.handle = None
-
-# %% ../nbs/03_distillation_callback.ipynb #d50913b7
-class StudentFeatures(Callback):
-    "Hooks the students' layers for the length of each training forward: `stored` has their outputs, `head_inputs` their heads' inputs"
-    # The last `before_batch` of all: nothing but the student's forward runs between hooking and unhooking.
-    order, run_valid = math.inf, False
-    _stateattrs = ('layers', 'heads', 'scope')
-    def __init__(self,
-        names:list|None, # Layer names, relative to each student (None: no features)
-        head:str|None=None, # The name of each student's head, whose input is kept too
-    ):
-        self.names, self.head = names, head
-        self._init_state()
-
-    def _init_state(self): self.layers = self.heads = self.scope = None
-
-    @property
-    def stored(self)->list:
-        "Per student: layer name -> output, from the last training forward"
-        outs, n = ([] if self.scope is None else list(self.scope.hooks.stored)), len(self.names or [])
-        return [dict(zip(self.names, outs[i:i + n])) for i in range(0, len(outs), n)] if n else []
-
-    @property
-    def head_inputs(self)->list:
-        "Per student: the input of its head in the last training forward"
-        return [] if self.scope is None else list(self.scope.input_hooks.stored)
-
-    def leave(self):
-        "Remove the hooks, if any are still there (a KeyboardInterrupt inside the forward skips their clean-up)"
-        if self.scope is not None: self.scope.remove()
-
-    def _find(self):
-        # On the model as it is now: `distrib_ctx(sync_bn=True)` swaps BatchNorm modules at `before_fit`.
-        students = students_of(self.learn.model)
-        self.layers = [l for s in students for l in (find_layers(s, self.names, 'student') if self.names else [])]
-        self.heads = [find_layers(s, self.head, 'student')[0] for s in students] if self.head else []
-
-    def before_train(self):
-        self.leave()
-        names_known = self.names is None or all(isinstance(n, str) for n in self.names)
-        self.layers = None
-        if names_known: self._find()  # else positions, turned into names by the callback at the first batch
-
-    def before_batch(self):
-        if self.layers is None: self._find()
-        self.scope = ForwardScope(self.learn.model, self.layers, self.heads)
-
-    def after_batch(self): self.leave(); self.scope = None
-
-# %% ../nbs/03_distillation_callback.ipynb #4a5957be
-class FeatureAdapter(nn.Module):
-    "Trainable map from student features to the teacher's shape: resize + 1x1 conv + BN for maps, linear for tokens"
-    def __init__(self,
-        student_shape:tuple, # Shape of one student feature, without the batch: (C,H,W), (N,C) or (C,)
-        teacher_shape:tuple, # Shape of the matching teacher feature
-    ):
-        super().__init__()
-        s, t = tuple(student_shape), tuple(teacher_shape)
-        if len(s) != len(t) or len(s) not in (1, 2, 3):
-            raise ValueError(f"Cannot adapt a student feature of shape {s} to a teacher feature of shape {t}: pair "
-                             "feature maps (C,H,W) with feature maps, tokens (N,C) with tokens, vectors (C,) with vectors.")
-        self.student_shape, self.teacher_shape = s, t
-        if len(s) == 3:
-            self.size = t[1:] if s[1:] != t[1:] else None
-            self.shrink = self.size is not None and s[1] * s[2] >= t[1] * t[2]
-            self.proj = (nn.Sequential(nn.Conv2d(s[0], t[0], 1, bias=False), nn.BatchNorm2d(t[0]))
-                         if s[0] != t[0] else nn.Identity())
-        else:
-            if s[:-1] != t[:-1]:
-                raise ValueError(f"Cannot adapt {s[0]} student tokens to {t[0]} teacher tokens: token features are "
-                                 "mapped channel-wise only; pair layers with the same number of tokens.")
-            self.size, self.proj = None, nn.Linear(s[-1], t[-1])
-
-    def _resize(self, x):
-        if self.shrink: return F.adaptive_avg_pool2d(x, self.size)
-        return F.interpolate(x, size=self.size, mode='bilinear', align_corners=False)
-
-    def forward(self, x):
-        if self.size is None: return self.proj(x)
-        return self.proj(self._resize(x)) if self.shrink else self._resize(self.proj(x))
-
-    def extra_repr(self): return f"{self.student_shape} -> {self.teacher_shape}"
-
-# %% ../nbs/03_distillation_callback.ipynb #97410f3f
-def make_adapters(fm_s:dict, # Student features, layer name -> tensor (batch first)
-                  fm_t:dict, # Teacher features, paired in order with `fm_s`
-                 )->nn.ModuleList:
-    "One `FeatureAdapter` per pair of features whose shapes differ (`nn.Identity` where they already match)"
-    return nn.ModuleList(nn.Identity() if s.shape[1:] == t.shape[1:] else FeatureAdapter(s.shape[1:], t.shape[1:])
-                         for s, t in zip(fm_s.values(), fm_t.values()))
-
-# %% ../nbs/03_distillation_callback.ipynb #a080ae99
-def _world_size(): return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-class FeatureAdapters(Callback):
-    "Adapters from student features to teacher shapes, made on first use, trained by an optimizer of their own that follows the learner's"
-    # `before_step` after `MixedPrecision`'s: its gradient scaler has unscaled the model's gradients and skipped
-    # overflowing steps (then this `before_step` never runs). The learner's optimizer is never edited, so `lr_find`,
-    # `load(with_opt=True)`, `freeze` and a new `create_opt` see exactly the student's parameters.
-    order, run_valid = MixedPrecision.order + 1, False
-    _stateattrs = ('adapters', 'opt_', '_saved')
-    def __init__(self,
-        given:dict|None=None, # Your own modules by key (see `adapt`); the others are built when first needed
-        build:bool=True, # Build a `FeatureAdapter` for a key that has none; False: only `given` ones (else identity)
-    ):
-        self.adapters, self.build = nn.ModuleDict(given or {}), build
-        self.opt_ = self._saved = None
-
-    def _init_state(self): self.adapters = self.opt_ = self._saved = None
-
-    def adapt(self,
-        key:str, # Which adapter: e.g. 's0_t1_p2', student 0 to teacher 1, layer pair 2
-        x:Tensor, # The feature to adapt (batch first)
-        shape:tuple, # The shape to adapt it to, without the batch
-    )->Tensor:
-        "`x` mapped to `shape` by adapter `key` (built from the shapes when first asked for, an identity when they match)"
-        if key not in self.adapters:
-            if not self.build and not key.startswith('s0_'):
-                raise ValueError("Your own `adapters` are one per layer pair of one student: with `Students`, pass adapters=True "
-                                 "(an adapter per student and layer pair, built from the first batch).")
-            if not self.build or tuple(x.shape[1:]) == tuple(shape): return x
-            a = FeatureAdapter(x.shape[1:], shape).to(x.device)
-            if _world_size() > 1:  # every process starts from the same adapter weights
-                for t in a.state_dict().values(): dist.broadcast(t, 0)
-            self.adapters[key], self.opt_ = a, None  # the optimizer is rebuilt with it at the next step
-        return self.adapters[key](x)
-
-    def _make_opt(self):
-        params = list(self.adapters.parameters())
-        if not params: return None
-        opt_func = self.learn.opt_func
-        if isinstance(opt_func, OptimWrapper):
-            raise ValueError("adapters=True needs the Learner's `opt_func` to be a function that builds an optimizer (e.g. "
-                             "`Adam`, or `partial(OptimWrapper, opt=torch.optim.AdamW)`), not an optimizer instance.")
-        opt = opt_func(params, lr=self.learn.lr)
-        if not self.learn.wd_bn_bias:  # as fastai does for the model: no weight decay on BatchNorm and bias parameters
-            for p in norm_bias_params(self.adapters): opt.state[p]['do_wd'] = False
-        return opt
-
-    def pairs(self, n_pairs:int, n_teachers:int, student:int=0)->nn.ModuleList:
-        "The adapters of `student`'s layer pairs, one `nn.ModuleList` per teacher (`nn.Identity` where none was needed)"
-        get = lambda j, k: self.adapters[f's{student}_t{j}_p{k}'] if f's{student}_t{j}_p{k}' in self.adapters else nn.Identity()
-        return nn.ModuleList(nn.ModuleList(get(j, k) for k in range(n_pairs)) for j in range(n_teachers))
-
-    def before_fit(self):
-        # `lr_find` trains at exploding learning rates, then restores the model and its optimizer: restore ours too.
-        self._saved = deepcopy((self.adapters, self.opt_)) if hasattr(self.learn, 'lr_finder') else None
-
-    def before_train(self):
-        if self.adapters is not None: self.adapters.train()
-
-    def after_backward(self):
-        # The adapters are not inside the DDP-wrapped student: average their gradients over the processes here.
-        if self.adapters is not None and _world_size() > 1:
-            for p in self.adapters.parameters():
-                if p.grad is not None: dist.all_reduce(p.grad); p.grad /= _world_size()
-
-    def before_step(self):
-        if self.opt_ is None: self.opt_ = self._make_opt()
-        if self.opt_ is None: return
-        scaler = getattr(self.learn, 'scaler', None)
-        if scaler is not None and scaler.is_enabled(): scaler.step(self)  # unscales our gradients, then calls `step`
-        else: self.step()
-
-    @property
-    def param_groups(self): return self.opt_.param_groups  # what `GradScaler` reads to unscale
-
-    def step(self, *args, **kwargs):
-        "One optimizer step of the adapters, with the hyper-parameters of the learner's last parameter group"
-        for k, v in self.learn.opt.hypers[-1].items(): self.opt_.set_hyper(k, [v])
-        self.opt_.step(); self.opt_.zero_grad()
-
-    def after_cancel_step(self):  # the learner's step was skipped (e.g. a gradient overflow): drop our gradients too
-        if self.opt_ is not None: self.opt_.zero_grad()
-
-    def after_fit(self):
-        if self._saved is not None: (self.adapters, self.opt_), self._saved = self._saved, None
-
-# %% ../nbs/03_distillation_callback.ipynb #48719780
-def model_device(model:nn.Module)->torch.device|None:
-    "The device of `model`'s first parameter (None for a model without parameters)"
-    p = next(model.parameters(), None)
-    return None if p is None else p.device
-
-def _is_random(tfm):
-    "Whether `tfm` can give another output for the same item (fastai's `RandTransform`s, except deterministic `Resize`s)"
-    if not any(c.__name__ == 'RandTransform' for c in type(tfm).__mro__): return False
-    # `Resize` only draws a random crop position with method='crop'; 'squish' and 'pad' are deterministic.
-    return not (type(tfm).__name__ == 'Resize' and getattr(tfm, 'method', 'crop') in ('squish', 'pad'))
-
-def _transforms(dl):
-    "Every transform applied to the items and batches of `dl` (dataset-level ones included)"
-    ds = getattr(dl, 'dataset', None)
-    pipes = [getattr(dl, a, None) for a in ('after_item', 'before_batch', 'after_batch')]
-    pipes += [tl.tfms for tl in getattr(ds, 'tls', [])] + [getattr(ds, 'tfms', None)]
-    return [t for p in pipes for t in getattr(p, 'fs', [])]
-
-_known_loaders = (DataLoader, TfmdDL, DistributedDL)
-
-def check_cacheable(dl):
-    "Raise a `ValueError` if the teacher's outputs for the items of `dl` cannot be cached (random transforms, no item indices)"
-    if not isinstance(dl, DataLoader) or not dl.indexed or dl.bs is None:
-        raise ValueError("cache_teacher=True needs a fastai DataLoader over an indexed dataset, with a batch size: it keeps "
-                         "the teacher's outputs per item index. Use cache_teacher=False with this DataLoader.")
-    rand = [repr(t) for t in _transforms(dl) if _is_random(t)]
-    if rand:
-        raise ValueError(f"cache_teacher=True reuses the teacher's outputs for every item, so training inputs must be the "
-                         f"same every epoch, but the training DataLoader applies random transforms: {', '.join(rand)}. "
-                         "Remove the augmentation (deterministic ones such as `Resize(..., method='squish')` or `Normalize` "
-                         "are fine) or use cache_teacher=False.")
-    if type(dl) not in _known_loaders:
-        warnings.warn(f"cache_teacher=True with a custom DataLoader ({type(dl).__name__}): the cache assumes that batches are "
-                      "consecutive chunks of `get_idxs()` and that items are the same every epoch. Each cached batch's inputs "
-                      "are checked against those of the first epoch, and a mismatch raises at the end of the epoch.")
-
-# %% ../nbs/03_distillation_callback.ipynb #8a735a9c
-class TeacherCache:
-    "The teachers' outputs per training item: written on first sight, read back by item index"
-    def __init__(self, n_items:int, device=None): # Number of items in the training set; where the outputs are stored
-        self.n_items, self.device = n_items, device
-        self.filled = bytearray(n_items)  # on the host: checking a batch costs no device sync
-        self.store, self._proj = None, None
-
-    def __contains__(self, idxs): return all(self.filled[i] for i in idxs)
-
-    @property
-    def nbytes(self): return sum(t.numel() * t.element_size() for t in self.store or [])
-
-    def fingerprint(self, xb):
-        "Per-item (projection on a fixed random direction, norm) of the inputs: identical inputs give identical pairs"
-        x = torch.cat([t.flatten(1).float() for t in xb if isinstance(t, torch.Tensor)], 1)
-        if self._proj is None or self._proj.shape[0] != x.shape[1] or self._proj.device != x.device:
-            self._proj = torch.randn(x.shape[1], generator=torch.Generator().manual_seed(0)).to(x.device)
-        return torch.stack([x @ self._proj, x.norm(dim=1)], 1)
-
-    def put(self, idx, ids, outs):
-        "Store the tensors `outs` (batch first) for the items at `idx` (a tensor on the cache's device; `ids` the same, as a list)"
-        if self.store is None:
-            self.store = [torch.zeros((self.n_items, *o.shape[1:]), dtype=o.dtype, device=self.device) for o in outs]
-        for s, o in zip(self.store, outs): s[idx] = o.detach().to(self.device)
-        for i in ids: self.filled[i] = 1
-
-    def get(self, idx, device):
-        return [s[idx].to(device, non_blocking=True) for s in self.store]
-
-# %% ../nbs/03_distillation_callback.ipynb #1523d9fd
-class CachedTeachers(Callback):
-    "Keeps the teachers' outputs per training item (`TeacherCache`): `lookup` gives them back for a batch seen before"
-    # `before_train` after `DistributedTrainer`'s, which wraps the training loader: record the order of the one iterated.
-    order, run_valid = DistributedTrainer.order + 1, False
-    _stateattrs = ('cache', '_idxs', '_idx_t', '_batch', '_mismatch', '_wrapped')
-    def __init__(self, where:str|bool=True): # True: on the learner's device; 'cpu': in host memory
-        self.where = where
-        self._init_state()
-
-    def _init_state(self): self.cache = self._idxs = self._idx_t = self._batch = self._mismatch = self._key = self._wrapped = None
-
-    @property
-    def nbytes(self): return 0 if self.cache is None else self.cache.nbytes
-
-    def before_train(self):
-        self._unwrap()  # left by a fit that stopped before iterating
-        check_cacheable(self.dls.train)
-        device = torch.device('cpu') if self.where == 'cpu' else model_device(self.learn.model)
-        key = (id(self.dls.train.dataset), len(self.dls.train.dataset), device)
-        if self.cache is None or self._key != key: self.cache, self._key = TeacherCache(len(self.dls.train.dataset), device), key
-        self._mismatch, self._verified = None, False
-        self._record_epoch_order(self.learn.dl)
-
-    def _record_epoch_order(self, dl):
-        "Wrap `dl.get_idxs` once: the next iteration (this epoch's) records its order of items, then the wrapper removes itself"
-        own = dl.__dict__.get('get_idxs')  # a `get_idxs` given to the DataLoader's constructor, if any
-        def get_idxs():
-            self._unwrap()
-            self._idxs = list(dl.get_idxs())
-            return self._idxs
-        self._idxs, self._wrapped = None, (dl, own)
-        dl.get_idxs = get_idxs
-
-    def _unwrap(self):
-        dl, own = getattr(self, '_wrapped', None) or (None, None)
-        if dl is None: return
-        if own is None: dl.__dict__.pop('get_idxs', None)
-        else: dl.get_idxs = own
-        self._wrapped = None
-
-    def leave(self):
-        "Put back the DataLoader's `get_idxs`, if a fit stopped between `before_train` and its first batch"
-        self._unwrap()
-
-    def lookup(self, xb:tuple, layer_names:list, head_input:str|None=None)->tuple|None:
-        "The cached (logits, features, head inputs) per teacher for this training batch, or None when some of its items are not cached yet"
-        if self._idxs is None:
-            raise ValueError(f"cache_teacher=True: the training DataLoader ({type(self.learn.dl).__name__}) did not call "
-                             "`get_idxs()`, so the items of each batch are unknown. Use cache_teacher=False with it.")
-        i, bs, n = self.learn.iter, self.learn.dl.bs, xb[0].shape[0]
-        if i == 0: self._idx_t = torch.tensor(self._idxs, device=self.cache.device)  # one copy per epoch
-        ids, idx = self._idxs[i * bs:(i + 1) * bs], self._idx_t[i * bs:(i + 1) * bs]
-        if len(ids) != n:
-            raise ValueError(f"cache_teacher=True: batch {i} has {n} items but the DataLoader's order gives "
-                             f"{len(ids)} for it; items were skipped or batches are not consecutive chunks "
-                             "of `get_idxs()`. Use cache_teacher=False with this DataLoader.")
-        self._batch = (idx, ids)
-        if ids not in self.cache: return None
-        *outs, fp = self.cache.get(idx, xb[0].device)
-        self._compare_fingerprint(xb, fp)
-        preds, feats, heads, k = [], [], [], 0
-        for names in layer_names:  # the flat list back into per-teacher logits, feature dicts and head inputs
-            names = names or []
-            preds.append(outs[k]); feats.append(dict(zip(names, outs[k + 1:k + 1 + len(names)]))); k += 1 + len(names)
-            heads.append(outs[k] if head_input else None); k += bool(head_input)
-        return preds, feats, heads
-
-    def store(self, preds:list, feats:list, heads:list, xb:tuple):
-        "Keep the teachers' logits, features and head inputs (batch first) for the items of the batch last looked up"
-        outs = [o for p, fm, h in zip(preds, feats, heads) for o in (p, *fm.values(), *([h] if h is not None else []))]
-        self.cache.put(*self._batch, outs + [self.cache.fingerprint(xb)])
-
-    def _compare_fingerprint(self, xb, cached):
-        now = self.cache.fingerprint(xb)
-        bad = ((now[:, 0] - cached[:, 0]).abs() > 1e-3 * (now[:, 1] + cached[:, 1]) + 1e-6).sum()
-        self._mismatch = bad if self._mismatch is None else self._mismatch + bad
-        if not self._verified: self._check(); self._verified = True  # one sync per epoch, on the first cached batch
-
-    def after_train(self): self._check()
-
-    def _check(self):
-        if self._mismatch is not None and self._mismatch.item():
-            n = int(self._mismatch.item()); self._mismatch = None; self.cache = None
-            raise ValueError(f"cache_teacher=True: {n} cached item(s) had other inputs than when their teacher outputs were "
-                             "cached: the training inputs change between epochs (random augmentation?) or batches do not "
-                             "follow `get_idxs()`. Use cache_teacher=False with this data.")
-
-    def clear(self): self.cache = None
-
-# %% ../nbs/03_distillation_callback.ipynb #be290904
-def _in_fit(learn):
-    "Whether the current `before_fit` starts training: fastai's inference entry points hold `learn.lock`, `fit` does not"
-    return not learn.lock.locked()
-
-class DistillTable(Callback):
-    "Adds the distillation columns to the training table and keeps the per-batch values behind `Recorder.plot_distill`"
-    # After `Recorder` has named its columns (`before_fit`) and logged the validation ones (`after_validate`), before
-    # `ProgressCallback`/`CSVLogger` write the header and `Recorder` logs the epoch.
-    order = Recorder.order + 1
-    _stateattrs = ('_batch', '_epoch')
-    def __init__(self, kd): # The `KnowledgeDistillationCallback` whose values it shows
-        self.kd = kd
-        self._init_state()
-
-    def _init_state(self): self._batch, self._epoch = [], None
-
-    def before_fit(self):
-        if not _in_fit(self.learn): return
-        self.columns = None
-        if not hasattr(self.learn, 'recorder'): return  # a learner without a table: nothing to show
-        peers = [cb for cb in self.learn.cbs.sorted('order') if isinstance(cb, DistillTable)]
-        self.first, suffix = peers[0] is self, '' if len(peers) == 1 else f'_{peers.index(self) + 1}'
-        n = len(students_of(self.learn.model))
-        per = [''] if n == 1 else [f'_s{i}' for i in range(n)]
-        self.columns = ([f'task_loss{s}' for s in per] if self.first else []) + [f'distill_loss{s}{suffix}' for s in per] + [f'distill_weight{suffix}']
-        names = self.recorder.metric_names
-        at = len(names) - 1 if names and names[-1] == 'time' else len(names)
-        self.recorder.metric_names = names[:at] + self.columns + names[at:]
-        if self.first: self.recorder.distill_values = {}
-        for c in self.columns: self.recorder.distill_values[c] = []
-
-    def after_batch(self):
-        if not self.training or self.kd.distill_losses is None or not getattr(self, 'columns', None): return
-        losses = (self.kd.task_losses if self.first else []) + self.kd.distill_losses
-        self._batch.append((torch.stack([l.float() for l in losses]), self.kd.current_weight, self.kd.n_items))
-
-    def after_train(self):
-        "Epoch means of the task and distillation losses, from one device-to-host copy per epoch"
-        if not self._batch: self._epoch = None; return
-        losses, w, n = zip(*self._batch)
-        self._batch, losses, n = [], torch.stack(losses).T.cpu().double(), torch.tensor(n, dtype=torch.float64)
-        for c, v in zip(self.columns, [*losses.tolist(), list(w)]): self.recorder.distill_values[c] += v
-        self._epoch = ((losses * n).sum(1) / n.sum()).tolist() + [w[-1]]
-
-    def after_validate(self):
-        if self._epoch is not None: self.recorder.log += self._epoch
-        self._epoch = None
-
-# %% ../nbs/03_distillation_callback.ipynb #10720012
-@patch
-def plot_distill(self:Recorder,
-    skip_start:int=0, # Training batches to leave out at the start
-    with_weight:bool=True, # Also plot the distillation weight (right axis)
-):
-    "Plot the task loss, the distillation loss and the distillation weight of each training batch of the last fit"
-    import matplotlib.pyplot as plt
-    vals = getattr(self, 'distill_values', None)
-    if not vals: raise ValueError("No distillation was recorded: call `plot_distill` after a fit with a KnowledgeDistillationCallback.")
-    fig, ax = plt.subplots(figsize=(7, 4))
-    wax = ax.twinx() if with_weight else None
-    for name, v in vals.items():
-        is_weight = 'weight' in name
-        if is_weight and wax is None: continue
-        style = dict(ls='--', color='0.3') if is_weight else {}
-        (wax if is_weight else ax).plot(range(skip_start, len(v)), v[skip_start:], label=name, **style)
-    ax.set_xlabel('training batch'); ax.set_ylabel('loss')
-    handles = ax.get_legend_handles_labels()
-    if wax is not None:
-        wax.set_ylabel('distillation weight'); wax.set_ylim(0, 1.05)
-        h, l = wax.get_legend_handles_labels(); handles = (handles[0] + h, handles[1] + l)
-    ax.legend(*handles, loc='upper right')
-    return ax
+# Names users import from here: the layer tools (`fasterai_distill.layers`) as in the original library, and the parts,
+# which lived in this module before they got chapters of their own (learners exported then unpickle through these names).
+_all_ = ['get_model_layers', 'get_module_by_name', 'match_feature_layers', 'output_logits', 'model_device',
+         'as_teacher_dtype', 'check_dtype_runs', 'half_copy', 'Teachers', 'FiniteWatch', 'TeacherForward',
+         'ForwardScope', 'StudentFeatures', 'FeatureAdapter', 'make_adapters', 'FeatureAdapters', 'adapted_features',
+         'heads_on_teacher_features', 'check_cacheable', 'TeacherCache', 'CachedTeachers', 'DistillTable']
 
 # %% ../nbs/03_distillation_callback.ipynb #7b478b6b
 def _validate_weight(weight):
@@ -697,27 +131,6 @@ def _check_kd_value(kd, loss):
         raise ValueError(f"The distillation loss {name} returned a tensor of shape {tuple(kd.shape)}, not a scalar: reduce "
                          "it to one number per batch (e.g. `.mean()` over the items, or `reduction='batchmean'`).")
 
-# %% ../nbs/03_distillation_callback.ipynb #a6ab2418
-def _tensors(o):
-    "The tensors in `o`: a tensor, or lists/tuples/dicts of them, in order (None left out)"
-    if isinstance(o, Tensor): return [o]
-    if isinstance(o, Mapping): o = list(o.values())
-    return [t for x in o for t in _tensors(x)] if isinstance(o, (list, tuple)) else []
-
-class FiniteWatch:
-    "Notes, on the device, the first batch whose tensors are not all finite; `check` raises naming it (one sync)"
-    def __init__(self): self.first_bad = None
-
-    def update(self, i:int, *outputs): # Batch `i`'s outputs: tensors, or lists and dicts of them (None left out)
-        tensors = [t for o in outputs for t in _tensors(o)]
-        now = torch.where(torch.stack([~torch.isfinite(t).all() for t in tensors]).any(), i, -1)
-        self.first_bad = now if self.first_bad is None else torch.where(self.first_bad >= 0, self.first_bad, now)
-
-    def check(self, epoch:int):
-        if self.first_bad is not None and (i := int(self.first_bad)) >= 0:
-            raise ValueError(f"The teacher's outputs are not finite (NaN or inf) on training batch {i} of epoch {epoch}: check "
-                             "the teacher (e.g. run it on that batch in eval mode); distilling them would make the student NaN.")
-
 # %% ../nbs/03_distillation_callback.ipynb #6197c48a
 class WithParts(Callback):
     "A callback made of parts (other callbacks) that join and leave the learner with it"
@@ -786,33 +199,6 @@ def distill_losses(loss, preds:list, teacher_preds:list, fm_ss:list, fm_ts:list,
         out.append(sum(w * kd for w, kd in zip(weights, kds)))
     return out
 
-# %% ../nbs/03_distillation_callback.ipynb #0f991895
-def _no_adapter(key, x, shape): return x
-
-def _float32(preds, fm_ts, heads):
-    "The teachers' outputs in float32, for the losses"
-    return [None if p is None else p.float() for p in preds], [{n: f.float() for n, f in fm.items()} for fm in fm_ts], [None if h is None else h.float() for h in heads]
-
-def adapted_features(fm_s:list, fm_ts:list, adapt=_no_adapter)->list:
-    "Per student and teacher: the student's features (`fm_s`, a dict per student) adapted by `adapt(key, x, shape)` to the shapes of the teacher's (`fm_ts`)"
-    return [[{name: adapt(f's{i}_t{j}_p{k}', x, ft[nt].shape[1:]) for k, ((name, x), nt) in enumerate(zip(fs.items(), ft))}
-             for j, ft in enumerate(fm_ts)] for i, fs in enumerate(fm_s)]
-
-def heads_on_teacher_features(heads:list, head_inputs:list, t_feats:list, adapt=_no_adapter, output_fn=output_logits,
-                              names=('student_head', 'teacher_head_input'))->list:
-    "Per student and teacher: the student's head (`heads`) on the teacher's features (`t_feats`), adapted by `adapt` to the head's input"
-    out = []
-    for i, (head, s_in) in enumerate(zip(heads, head_inputs)):
-        row = []
-        for j, t_feat in enumerate(t_feats):
-            x = adapt(f's{i}_t{j}_head', t_feat, s_in.shape[1:])
-            if x.shape[1:] != s_in.shape[1:]:
-                raise ValueError(f"The teacher layer {names[1]!r} gives {tuple(t_feat.shape[1:])} per item, but the student's head "
-                                 f"{names[0]!r} takes {tuple(s_in.shape[1:])}: pass adapters=True to map one to the other.")
-            row.append(output_fn(head(x)))
-        out.append(row)
-    return out
-
 # %% ../nbs/03_distillation_callback.ipynb #4f4caa27
 class LastBatch:
     "What the distillation loss saw on the last training batch, in the shapes given: one value, or a list with one per teacher (and per student)"
@@ -833,14 +219,6 @@ class LastBatch:
     def task_loss(self): return None if self.task_losses is None else sum(self.task_losses)
     @property
     def distill_loss(self): return None if self.distill_losses is None else sum(self.distill_losses)
-
-# %% ../nbs/03_distillation_callback.ipynb #5e6ff6cd
-class TeacherForward(Callback):
-    "Runs the distillation callback's teachers on the batch at the last `before_batch`, before the student's forward and its hooks"
-    order, run_valid = StudentFeatures.order, False  # the same last order: added to the learner first, it runs first
-    def __init__(self, kd): self.kd = kd
-    def before_batch(self): self.kd.run_teachers()
-
 
 # %% ../nbs/03_distillation_callback.ipynb #e32e90ce
 class KnowledgeDistillationCallback(WithParts, LastBatch):
@@ -907,7 +285,7 @@ class KnowledgeDistillationCallback(WithParts, LastBatch):
         if self.cache is not None: self.cache.clear()
 
     def before_fit(self):
-        if not _in_fit(self.learn) or self.teachers is None: return
+        if not in_fit(self.learn) or self.teachers is None: return
         # From `loss` as it is now (it may have been swapped since): the teachers' forwards stop early only for losses
         # that never read the logits, and never with a cache, which stores them.
         self.teachers.stop_early = not (needs_teacher_logits(self.loss) or self.cache_teacher)
@@ -980,7 +358,4 @@ class KnowledgeDistillationCallback(WithParts, LastBatch):
         return f"{type(self).__name__}({teachers}, {getattr(self.loss, '__name__', self.loss)}{acts}, weight={self.weight})"
 
 # %% ../nbs/03_distillation_callback.ipynb #42bff5bb
-for _o in (output_logits, Teachers, half_copy, as_teacher_dtype, check_dtype_runs, ForwardScope, StudentFeatures, FeatureAdapter, make_adapters, TeacherCache,
-           FeatureAdapters, model_device, check_cacheable, CachedTeachers, DistillTable, Recorder.plot_distill, distill_losses,
-           adapted_features, heads_on_teacher_features,
-           KnowledgeDistillationCallback): add_param_docs(_o)
+for _o in (distill_losses, KnowledgeDistillationCallback): add_param_docs(_o)

@@ -1,0 +1,1 @@
+"The parts of `KnowledgeDistillationCallback`, one module each: `teachers`, `features`, `cache`, `table`."
