@@ -12,11 +12,12 @@ from torch import nn, Tensor
 from fastcore.basics import store_attr, listify
 from fastai.callback.core import Callback
 from fastai.callback.training import GradientAccumulation
+from fastai.learner import Learner
 from .layers import *
 from .schedule import *
-from .losses import check_loss_keywords, needs_teacher_logits
+from .losses import check_loss_keywords
 from .students import StudentOutputs, students_of
-from .core import add_param_docs, output_logits, model_device, in_fit
+from .core import add_param_docs, output_logits, model_device
 from .callback.teachers import *
 from .callback.features import *
 from .callback.features import _no_adapter, _float32
@@ -62,6 +63,8 @@ def _as_teachers(teacher):
     teachers = list(teacher) if several else [teacher]
     if not teachers: raise ValueError("`teacher` is an empty list: give a trained model, or a list of them.")
     for t in teachers:
+        if isinstance(t, Learner):
+            raise ValueError("`teacher` is a fastai Learner: pass its model, e.g. KnowledgeDistillationCallback(teacher_learn.model, ...).")
         if not isinstance(t, nn.Module):
             raise ValueError(f"`teacher` must be an nn.Module (the trained model to distill from) or a list of them, got {type(t).__name__}.")
     return teachers, several
@@ -283,13 +286,6 @@ class KnowledgeDistillationCallback(WithParts, LastBatch):
     def clear_cache(self):
         "Forget the cached teacher outputs (e.g. after changing the training data or a teacher)"
         if self.cache is not None: self.cache.clear()
-
-    def before_fit(self):
-        if not in_fit(self.learn) or self.teachers is None: return
-        # From `loss` as it is now (it may have been swapped since): the teachers' forwards stop early only for losses
-        # that never read the logits, and never with a cache, which stores them.
-        self.teachers.stop_early = not (needs_teacher_logits(self.loss) or self.cache_teacher)
-        self.teachers.reset()
 
     def before_train(self):
         if self.teachers is None: raise ValueError(_no_teacher)

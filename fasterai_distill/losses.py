@@ -16,7 +16,7 @@ from .core import add_param_docs
 # %% auto #0
 __all__ = ['callback_keywords', 'strict_keywords', 'check_loss_keywords', 'SoftTarget', 'SoftEntropy', 'Logits', 'Mutual',
            'DecoupledKD', 'Attention', 'FitNet', 'ActivationBoundaries', 'MMD', 'FeatureL1', 'FeatureL2', 'Similarity',
-           'PKT', 'RKD', 'CombinedLoss', 'needs_teacher_logits']
+           'PKT', 'RKD', 'CombinedLoss']
 
 # %% ../nbs/00_losses.ipynb #72332101
 def _float32(x: Tensor) -> Tensor:
@@ -454,24 +454,6 @@ class CombinedLoss:
     def __repr__(self):
         return f"{type(self).__name__}({' + '.join(f'{w:g}*{_loss_repr(l)}' for w, l in zip(self.weights, self.losses))})"
 
-# %% ../nbs/00_losses.ipynb #72494e1b
-_all_losses = (SoftTarget, SoftEntropy, Logits, Mutual, DecoupledKD, Attention, FitNet, ActivationBoundaries, MMD, FeatureL1,
-               FeatureL2, Similarity, PKT, RKD)
-_without_teacher_logits = [l for l in _all_losses if 'teacher_pred' not in _named_params(l)]
-_strict_code = strict_keywords(lambda **kwargs: None).__code__  # the code every `strict_keywords` wrapper runs
-
-def needs_teacher_logits(
-    loss, # A loss of this module, a `functools.partial` of one, a `CombinedLoss`, or any callable
-)->bool:
-    "Whether `loss` may use `teacher_pred`: False only for this module's losses without that parameter (and combinations of them)"
-    if isinstance(loss, CombinedLoss): return any(needs_teacher_logits(l) for l in loss.losses)
-    while not any(loss is l for l in _without_teacher_logits):  # by identity: a loss may be unhashable
-        if isinstance(loss, functools.partial): loss = loss.func
-        elif getattr(loss, '__code__', None) is _strict_code: loss = loss.__wrapped__  # only `strict_keywords`' own wrapper
-        else: return True
-    return False
-
-
 # %% ../nbs/00_losses.ipynb #387daf88
 for _o in (SoftTarget, SoftEntropy, Logits, Mutual, DecoupledKD, Attention, FitNet, ActivationBoundaries, MMD, FeatureL1,
-           FeatureL2, Similarity, PKT, RKD, CombinedLoss, needs_teacher_logits, strict_keywords, check_loss_keywords): add_param_docs(_o)
+           FeatureL2, Similarity, PKT, RKD, CombinedLoss, strict_keywords, check_loss_keywords): add_param_docs(_o)

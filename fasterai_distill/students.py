@@ -7,7 +7,6 @@ Docs: https://fasterai-labs.github.io/fasterai_distill/students.html.md"""
 # %% ../nbs/06_students.ipynb #3c6eda70
 from __future__ import annotations
 import copy
-import torch
 from torch import nn
 from fastcore.basics import GetAttr, noop
 from fastai.learner import Metric, AvgMetric, mk_metric, Recorder, defaults
@@ -133,3 +132,14 @@ def predict(self:Learner, item, rm_type_tfms=None, with_input=False):
     model = unwrap_model(self.model)
     if not isinstance(model, Students): return _fastai_predict(self, item, rm_type_tfms=rm_type_tfms, with_input=with_input)
     return [self.student(i).predict(item, rm_type_tfms=rm_type_tfms, with_input=with_input) for i in range(len(model))]
+
+_fastai_show_results = Learner.show_results
+@patch
+def show_results(self:Learner, ds_idx=1, dl=None, max_n=9, shuffle=True, **kwargs):
+    "fastai's `show_results`; with a `Students` model, one figure per student, titled with its index"
+    model = unwrap_model(self.model)
+    if not isinstance(model, Students): return _fastai_show_results(self, ds_idx=ds_idx, dl=dl, max_n=max_n, shuffle=shuffle, **kwargs)
+    import matplotlib.pyplot as plt
+    for i in range(len(model)):
+        self.student(i).show_results(ds_idx=ds_idx, dl=dl, max_n=max_n, shuffle=shuffle, **kwargs)
+        plt.gcf().suptitle(f'student {i}')

@@ -6,6 +6,7 @@ Docs: https://fasterai-labs.github.io/fasterai_distill/callback.features.html.md
 
 # %% ../../nbs/03b_callback.features.ipynb #6c82c2ca
 from __future__ import annotations
+from contextlib import contextmanager
 from copy import deepcopy
 from torch import nn, Tensor
 import torch.nn.functional as F
@@ -205,8 +206,9 @@ class FeatureAdapters(Callback):
         if self.opt_ is None: self.opt_ = self._make_opt()
         if self.opt_ is None: return
         scaler = getattr(self.learn, 'scaler', None)
-        if scaler is not None and scaler.is_enabled(): scaler.step(self)  # unscales our gradients, then calls `step`
+        if scaler is not None and scaler.is_enabled(): scaler.step(self)  # unscales our gradients; calls `step` unless they overflowed
         else: self.step()
+        self.opt_.zero_grad()  # after a skipped step too: an overflow costs one step, as for the model, not every later one
 
     @property
     def param_groups(self): return self.opt_.param_groups  # what `GradScaler` reads to unscale
@@ -214,7 +216,7 @@ class FeatureAdapters(Callback):
     def step(self, *args, **kwargs):
         "One optimizer step of the adapters, with the hyper-parameters of the learner's last parameter group"
         for k, v in self.learn.opt.hypers[-1].items(): self.opt_.set_hyper(k, [v])
-        self.opt_.step(); self.opt_.zero_grad()
+        self.opt_.step()
 
     def after_cancel_step(self):  # the learner's step was skipped (e.g. a gradient overflow): drop our gradients too
         if self.opt_ is not None: self.opt_.zero_grad()
@@ -234,6 +236,16 @@ def adapted_features(fm_s:list, fm_ts:list, adapt=_no_adapter)->list:
     return [[{name: adapt(f's{i}_t{j}_p{k}', x, ft[nt].shape[1:]) for k, ((name, x), nt) in enumerate(zip(fs.items(), ft))}
              for j, ft in enumerate(fm_ts)] for i, fs in enumerate(fm_s)]
 
+@contextmanager
+def _buffers_kept(module:nn.Module):
+    "Run `module` as it is (train mode: batch statistics) on copies of its buffers: BatchNorm's running statistics stay the student's own"
+    # Swapped, not copied back: the student's own forward saved the originals for its backward, which an in-place copy would break.
+    own = [(m, n, b) for m in module.modules() for n, b in m._buffers.items() if b is not None]
+    for m, n, b in own: m._buffers[n] = b.clone()
+    try: yield
+    finally:
+        for m, n, b in own: m._buffers[n] = b
+
 def heads_on_teacher_features(heads:list, head_inputs:list, t_feats:list, adapt=_no_adapter, output_fn=output_logits,
                               names=('student_head', 'teacher_head_input'))->list:
     "Per student and teacher: the student's head (`heads`) on the teacher's features (`t_feats`), adapted by `adapt` to the head's input"
@@ -245,7 +257,7 @@ def heads_on_teacher_features(heads:list, head_inputs:list, t_feats:list, adapt=
             if x.shape[1:] != s_in.shape[1:]:
                 raise ValueError(f"The teacher layer {names[1]!r} gives {tuple(t_feat.shape[1:])} per item, but the student's head "
                                  f"{names[0]!r} takes {tuple(s_in.shape[1:])}: pass adapters=True to map one to the other.")
-            row.append(output_fn(head(x)))
+            with _buffers_kept(head): row.append(output_fn(head(x)))
         out.append(row)
     return out
 

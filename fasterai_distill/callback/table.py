@@ -67,7 +67,7 @@ def plot_distill(self:Recorder,
     skip_start:int=0, # Training batches to leave out at the start
     with_weight:bool=True, # Also plot the distillation weight (right axis)
 ):
-    "Plot the task loss, the distillation loss and the distillation weight of each training batch of the last fit"
+    "Plot the task loss, the distillation loss and the distillation weight of each training batch of the last fit (after `fine_tune`: its unfrozen fit, as `plot_loss` shows)"
     import matplotlib.pyplot as plt
     vals = getattr(self, 'distill_values', None)
     if not vals: raise ValueError("No distillation was recorded: call `plot_distill` after a fit with a KnowledgeDistillationCallback.")

@@ -57,7 +57,7 @@ def half_copy(model:nn.Module, dtype:torch.dtype, device=None)->nn.Module:
 
 # %% ../../nbs/03a_callback.teachers.ipynb #e1956116
 class Teachers:
-    "The frozen teachers: one forward each per batch, under `no_grad` and in eval mode, with their hooked layers' outputs"
+    "The frozen teachers: one whole forward each per batch, under `no_grad` and in eval mode, with their hooked layers' outputs"
     def __init__(self,
         models:list, # The teacher modules
         layer_names:list, # Per teacher: the names of the layers whose outputs feed feature losses (or None)
@@ -65,7 +65,6 @@ class Teachers:
         output_fn=output_logits, # Extracts the logits from a teacher's output
         dtype:torch.dtype|None=None, # Run at this precision (a copy of each teacher, made per fit), outputs in float32; None: as they are
         head_input:str|None=None, # A layer of every teacher whose output is kept as well (for the student's head)
-        stop_early:bool=False, # Stop each forward once all hooked layers have run (for losses that never read the logits): the logits are then None
     ):
         store_attr()
         self.copies = None
@@ -76,7 +75,7 @@ class Teachers:
         self.layer_names = layer_names
         names = [[*(n or []), *([self.head_input] if self.head_input else [])] for n in layer_names]
         self.layers = [find_layers(m, n, 'teacher') if n else [] for m, n in zip(self.models, names)]
-        self.reset()
+        self.release()
 
     def __len__(self): return len(self.models)
 
@@ -92,43 +91,23 @@ class Teachers:
             copies = [half_copy(m, self.dtype, device) for m in self.models]
             self.copies = [(device, c, [_resolve_same(m, c, l) for l in layers]) for m, c, layers in zip(self.models, copies, self.layers)]
 
-    def reset(self):
-        "Forget the copies and whether forwards may stop early: the teachers may have changed between fits"
+    def release(self):
+        "Drop the half-precision copies: they take device memory, and the teachers may change before the next fit"
         self.copies = None
-        self.stops = [None if self.stop_early and layers else False for layers in self.layers]  # None: not known yet
 
     def __call__(self, xb:tuple)->tuple[list, list, list]:
         "Per teacher: the logits, the hooked features (a dict) and the output of `head_input` (or None), for the batch `xb`"
         runs = (zip(self.models, self.layers) if self.dtype is None else [(c, l) for _, c, l in self.copies])
         if self.dtype is not None: xb = tuple(_to_teacher_input(x, self.dtype) for x in xb)
         preds, feats, heads = [], [], []
-        for i, ((m, layers), names) in enumerate(zip(runs, self.layer_names)):
+        for (m, layers), names in zip(runs, self.layer_names):
             # `_eval_mode` restores every submodule's own flag after the forward, even when it raises.
             with torch.no_grad(), _eval_mode(m), hook_outputs(layers, detach=False) as hooks:
-                preds.append(self._forward(i, m, xb, layers))
+                preds.append(self.output_fn(m(*xb)))
             outs = list(hooks.stored)
             heads.append(outs.pop() if self.head_input else None)
             feats.append(dict(zip(names or [], outs)))
         return preds, feats, heads
-
-    def _forward(self, i, model, xb, layers):
-        "Teacher `i`'s logits on `xb`; with `stop_early`, None once its forward has stopped after the last of `layers`"
-        # Stopping is exact only if each layer runs once per forward (hooks keep a module's last output): the first
-        # forward of a fit runs in full and counts the calls; the next ones stop when every layer has run.
-        stop, modules = self.stops[i], list({id(l): l for l in layers}.values())
-        counts = {id(l): 0 for l in modules}
-        def count(module, inp, out):  # registered after `hook_outputs`' hooks: the output is already stored
-            counts[id(module)] += 1
-            if stop and all(counts.values()): raise _EnoughLayers()
-        handles = [l.register_forward_hook(count) for l in modules] if stop is not False else []
-        try: out = model(*xb)
-        except _EnoughLayers: return None
-        finally:
-            for h in handles: h.remove()
-        if stop is None: self.stops[i] = all(c == 1 for c in counts.values())
-        return self.output_fn(out)
-
-class _EnoughLayers(Exception): "Raised inside a teacher's forward once every layer the losses need has run"
 
 def _resolve_same(model, copy_, module):
     "The submodule of `copy_` at the place `module` has in `model`"
@@ -164,6 +143,13 @@ class TeacherForward(Callback):
     def __init__(self, kd): self.kd = kd
     def before_batch(self): self.kd.run_teachers()
 
+    # The half-precision copies live for one fit. fastai runs no event when a fit raises: then they go when the callback
+    # leaves the learner (at once for `fit(cbs=...)`) or at the learner's next `before_fit` (fit, predict, validate, ...).
+    def before_fit(self): self._release()
+    def after_fit(self): self._release()
+    def leave(self): self._release()
+    def _release(self):
+        if self.kd.teachers is not None: self.kd.teachers.release()
 
 # %% ../../nbs/03a_callback.teachers.ipynb #84a9098d
 for _o in (Teachers, half_copy, as_teacher_dtype, check_dtype_runs): add_param_docs(_o)
