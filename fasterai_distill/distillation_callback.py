@@ -242,7 +242,7 @@ class KnowledgeDistillationCallback(WithParts, LastBatch):
         adapters:bool|list|dict=False, # True: a trainable `FeatureAdapter` for each layer pair whose shapes differ; or your own modules, one per pair
         teacher_weights:list=None, # With several teachers: the weight of each one's loss (normalised to sum to 1); None: equal weights
         cache_teacher:bool|str=False, # Compute the teacher's outputs once per training item and reuse them: True (on the learner's device) or 'cpu'
-        teacher_dtype=None, # Run the teachers at `torch.bfloat16` or `torch.float16` (a copy made per fit; outputs reach the loss in float32); None: as they are
+        teacher_dtype=None, # Run the teachers at `torch.bfloat16` or `torch.float16` (a copy made per fit; outputs reach the loss in float32); 'auto': the fastest precision the device runs natively; None: as they are
         student_head:str=None, # Name of the student's head: applied to the teacher's `teacher_head_input` output, it gives the loss `head_pred`
         teacher_head_input:str=None, # Name of the teacher layer whose output feeds the student's head (no second teacher forward)
     ):
@@ -320,7 +320,7 @@ class KnowledgeDistillationCallback(WithParts, LastBatch):
             self.watch.update(self.learn.iter, preds, fm_ts, heads)
             if self.learn.iter == 0: self.watch.check(self.learn.epoch)  # one sync per epoch, on its first batch
             if self.cache is not None: self.cache.store(preds, fm_ts, heads, xb)  # at the teachers' precision
-        if self.teacher_dtype is not None: preds, fm_ts, heads = _float32(preds, fm_ts, heads)  # whatever precision the teachers ran at
+        if self.teachers.run_dtype is not None: preds, fm_ts, heads = _float32(preds, fm_ts, heads)  # whatever precision the teachers ran at
         self.teacher_preds, self.fm_ts, self.teacher_heads = preds, fm_ts, heads
 
     def after_pred(self):

@@ -6,7 +6,7 @@ Docs: https://fasterai-labs.github.io/fasterai_distill/callback.teachers.html.md
 
 # %% ../../nbs/03a_callback.teachers.ipynb #4a2537a4
 from __future__ import annotations
-import copy, math
+import copy, math, warnings
 from collections.abc import Hashable, Mapping
 import torch
 from torch import nn, Tensor
@@ -17,17 +17,18 @@ from ..core import add_param_docs, output_logits
 from ..layers import find_layers, _eval_mode
 
 # %% auto #0
-__all__ = ['as_teacher_dtype', 'check_dtype_runs', 'half_copy', 'Teachers', 'FiniteWatch', 'TeacherForward']
+__all__ = ['EMULATED_BF16_COST', 'as_teacher_dtype', 'check_dtype_runs', 'TeacherPrecisionWarning', 'native_half_dtypes',
+           'auto_teacher_dtype', 'resolve_teacher_dtype', 'half_copy', 'Teachers', 'FiniteWatch', 'TeacherForward']
 
 # %% ../../nbs/03a_callback.teachers.ipynb #e065c3a0
-_dtypes = {None: None, torch.bfloat16: torch.bfloat16, torch.float16: torch.float16, 'bfloat16': torch.bfloat16,
+_dtypes = {None: None, 'auto': 'auto', torch.bfloat16: torch.bfloat16, torch.float16: torch.float16, 'bfloat16': torch.bfloat16,
            'bf16': torch.bfloat16, 'float16': torch.float16, 'fp16': torch.float16, 'half': torch.float16}
 
-def as_teacher_dtype(dtype)->torch.dtype|None:
-    "`dtype` as a torch dtype: None, `torch.bfloat16` or `torch.float16` (or their names, e.g. 'bf16', 'float16')"
+def as_teacher_dtype(dtype)->torch.dtype|str|None:
+    "`dtype` as a torch dtype: None, 'auto', `torch.bfloat16` or `torch.float16` (or their names, e.g. 'bf16', 'float16')"
     if isinstance(dtype, Hashable) and dtype in _dtypes: return _dtypes[dtype]
-    raise ValueError(f"`teacher_dtype` must be None (the teacher's own precision), torch.bfloat16 or torch.float16 (or 'bf16', "
-                     f"'fp16'), got {dtype!r}.")
+    raise ValueError(f"`teacher_dtype` must be None (the teacher's own precision), 'auto' (the fastest precision the device runs "
+                     f"natively), torch.bfloat16 or torch.float16 (or 'bf16', 'fp16'), got {dtype!r}.")
 
 def _to_teacher_input(x, dtype):
     if not isinstance(x, Tensor) or not x.is_floating_point(): return x
@@ -43,6 +44,52 @@ def check_dtype_runs(dtype:torch.dtype, device:torch.device):
         other = 'torch.bfloat16' if dtype == torch.float16 else 'torch.float16'
         raise ValueError(f"teacher_dtype={dtype} cannot run on {device} here ({str(e).splitlines()[0]}): use teacher_dtype={other} "
                          "if your hardware has it, or teacher_dtype=None (the teacher's own precision).") from None
+
+# %% ../../nbs/03a_callback.teachers.ipynb #7037f770
+class TeacherPrecisionWarning(UserWarning):
+    "The precision the teachers run at, when it is worth knowing: emulated (slow) or picked by `teacher_dtype='auto'`"
+
+def native_half_dtypes(device)->list:
+    "The half precisions `device` computes natively, bfloat16 first, read from the hardware's flags"
+    device = torch.device(device)
+    if device.type == 'cuda':
+        bf16 = [torch.bfloat16] if torch.cuda.is_bf16_supported(including_emulation=False) else []
+        return bf16 + ([torch.float16] if torch.cuda.get_device_capability(device) >= (7, 0) else [])  # tensor cores
+    if device.type == 'cpu':
+        flags = ((torch.bfloat16, torch.ops.mkldnn._is_mkldnn_bf16_supported()), (torch.float16, torch.ops.mkldnn._is_mkldnn_fp16_supported()))
+        return [d for d, native in flags if native]
+    return []
+
+def auto_teacher_dtype(device)->torch.dtype|None:
+    "What `teacher_dtype='auto'` runs the teachers at on `device`: bfloat16 if native, else float16 if native on CUDA, else None (their own precision)"
+    native = native_half_dtypes(device)
+    if torch.bfloat16 in native: return torch.bfloat16
+    return torch.float16 if torch.float16 in native and torch.device(device).type == 'cuda' else None
+
+def _hardware(device)->str:
+    device = torch.device(device)
+    if device.type == 'cuda': return f"{torch.cuda.get_device_name(device)} (compute capability {'.'.join(map(str, torch.cuda.get_device_capability(device)))})"
+    return f"this {device.type.upper()} ({torch.backends.cpu.get_cpu_capability()})" if device.type == 'cpu' else str(device)
+
+# `python bench/cost.py --isa avx2` (bench/cost_avx2_results.json): distillation with a bfloat16 ResNet-34 teacher, against
+# the float32 limit (student training + float32 teacher inference), on this project's CPU limited to AVX2.
+EMULATED_BF16_COST = 2.3
+
+def resolve_teacher_dtype(
+    dtype, # What `as_teacher_dtype` gives: None, 'auto', `torch.bfloat16` or `torch.float16`
+    device, # Where the teachers run
+)->torch.dtype|None:
+    "The precision the teachers run at on `device` (None: their own); 'auto' and an emulated half precision get a `TeacherPrecisionWarning`"
+    if dtype == 'auto':
+        dtype = auto_teacher_dtype(device)
+        how = f"{dtype}, native on" if dtype else "their own precision: no native bfloat16 or float16 on"
+        warnings.warn(f"teacher_dtype='auto': the teachers run at {how} {_hardware(device)}.", TeacherPrecisionWarning)
+    elif dtype is not None and dtype not in native_half_dtypes(device):
+        warnings.warn(f"teacher_dtype={dtype} is emulated on {_hardware(device)}, which has no native {str(dtype)[6:]}: the teachers "
+                      f"run slower than at float32, not faster (a bfloat16 ResNet-34 teacher made distillation cost {EMULATED_BF16_COST}x "
+                      "its float32 cost on an AVX2-only CPU). Use teacher_dtype=None, or teacher_dtype='auto' to run at the fastest "
+                      "precision the hardware has.", TeacherPrecisionWarning)
+    return dtype
 
 # %% ../../nbs/03a_callback.teachers.ipynb #72db680b
 def half_copy(model:nn.Module, dtype:torch.dtype, device=None)->nn.Module:
@@ -63,11 +110,12 @@ class Teachers:
         layer_names:list, # Per teacher: the names of the layers whose outputs feed feature losses (or None)
         weights:list, # Per teacher: the weight of its loss (summing to 1)
         output_fn=output_logits, # Extracts the logits from a teacher's output
-        dtype:torch.dtype|None=None, # Run at this precision (a copy of each teacher, made per fit), outputs in float32; None: as they are
+        dtype:torch.dtype|str|None=None, # Run at this precision (a copy of each teacher, made per fit), outputs in float32; 'auto': the device's fastest native one; None: as they are
         head_input:str|None=None, # A layer of every teacher whose output is kept as well (for the student's head)
     ):
         store_attr()
-        self.copies = None
+        self.run_dtype = dtype if dtype != 'auto' else None  # what they run at: 'auto' is resolved on the device, by `to`
+        self.copies = self.device = None
         self.set_layers(layer_names)
 
     def set_layers(self, layer_names:list):
@@ -80,25 +128,28 @@ class Teachers:
     def __len__(self): return len(self.models)
 
     def to(self, device, channels_last=False):
-        "Move the teachers to `device` (and to channels-last memory format); with `dtype`, copy them there at that precision"
-        if self.dtype is None:
+        "Move the teachers to `device` (and to channels-last memory format); at a half precision (`run_dtype`), copy them there at it"
+        if self.device != device:  # once per fit and device: `release` forgets it
+            if self.dtype is not None and device is not None: self.run_dtype = resolve_teacher_dtype(self.dtype, device)
+            self.device = device
+        if self.run_dtype is None:
             for m in self.models:
                 if device is not None: m.to(device)
                 if channels_last: m.to(memory_format=torch.channels_last)
-        elif self.copies is None or self.copies[0][0] != device:
+        elif self.copies is None:
             # The user's teachers keep their weights, dtype and device: a round trip through half precision is lossy.
-            check_dtype_runs(self.dtype, device)
-            copies = [half_copy(m, self.dtype, device) for m in self.models]
-            self.copies = [(device, c, [_resolve_same(m, c, l) for l in layers]) for m, c, layers in zip(self.models, copies, self.layers)]
+            check_dtype_runs(self.run_dtype, device)
+            copies = [half_copy(m, self.run_dtype, device) for m in self.models]
+            self.copies = [(c, [_resolve_same(m, c, l) for l in layers]) for m, c, layers in zip(self.models, copies, self.layers)]
 
     def release(self):
         "Drop the half-precision copies: they take device memory, and the teachers may change before the next fit"
-        self.copies = None
+        self.copies = self.device = None
 
     def __call__(self, xb:tuple)->tuple[list, list, list]:
         "Per teacher: the logits, the hooked features (a dict) and the output of `head_input` (or None), for the batch `xb`"
-        runs = (zip(self.models, self.layers) if self.dtype is None else [(c, l) for _, c, l in self.copies])
-        if self.dtype is not None: xb = tuple(_to_teacher_input(x, self.dtype) for x in xb)
+        runs = zip(self.models, self.layers) if self.run_dtype is None else self.copies
+        if self.run_dtype is not None: xb = tuple(_to_teacher_input(x, self.run_dtype) for x in xb)
         preds, feats, heads = [], [], []
         for (m, layers), names in zip(runs, self.layer_names):
             # `_eval_mode` restores every submodule's own flag after the forward, even when it raises.
@@ -152,4 +203,4 @@ class TeacherForward(Callback):
         if self.kd.teachers is not None: self.kd.teachers.release()
 
 # %% ../../nbs/03a_callback.teachers.ipynb #84a9098d
-for _o in (Teachers, half_copy, as_teacher_dtype, check_dtype_runs): add_param_docs(_o)
+for _o in (Teachers, half_copy, as_teacher_dtype, check_dtype_runs, native_half_dtypes, auto_teacher_dtype, resolve_teacher_dtype): add_param_docs(_o)
