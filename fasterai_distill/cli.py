@@ -7,29 +7,10 @@ Docs: https://fasterai-labs.github.io/fasterai_distill/cli.html.md"""
 # %% ../nbs/05a_cli.ipynb #200f5e73
 from __future__ import annotations
 import argparse, sys
+from .demo_settings import N_TRAIN_SPLIT, _LIMITS
 
 # %% auto #0
-__all__ = ['N_TRAIN_SPLIT', 'check_demo_args', 'main']
-
-# %% ../nbs/05a_cli.ipynb #738e916a
-N_TRAIN_SPLIT = 1077  # images in the digits training split, `len(digits_split()['train'])` (checked in the tests)
-
-_LIMITS = {  # setting of `run_demo`: (type, is the value valid, what it must be)
-    'n_train':        (int,   lambda v: 1 <= v <= N_TRAIN_SPLIT, f'between 1 and {N_TRAIN_SPLIT} (the size of the training split)'),
-    'epochs':         (int,   lambda v: v >= 1, 'at least 1'),
-    'teacher_epochs': (int,   lambda v: v >= 1, 'at least 1'),
-    'weight':         (float, lambda v: 0 <= v <= 1, 'between 0 and 1 (the share of the distillation loss)'),
-    'T':              (float, lambda v: v > 0, 'greater than 0'),
-    'lr':             (float, lambda v: v > 0, 'greater than 0'),
-    'seed':           (int,   lambda v: 0 <= v < 2**32, 'between 0 and 2**32 - 1'),
-    'threads':        (int,   lambda v: v >= 0, "at least 0 (0: torch's default)"),
-}
-
-def check_demo_args(**settings):
-    "Raise a `ValueError` for the first of `settings` (keywords of `run_demo`) outside its range, saying what it must be"
-    for name, value in settings.items():
-        _, ok, what = _LIMITS[name]
-        if not ok(value): raise ValueError(f"`{name}` must be {what}, got {value!r}.")
+__all__ = ['main']
 
 # %% ../nbs/05a_cli.ipynb #31b926d4
 def _option(name):

@@ -22,7 +22,7 @@ from fastai.torch_core import set_seed
 from fastprogress.fastprogress import progress_bar
 from .losses import SoftTarget
 from .distillation_callback import KnowledgeDistillationCallback
-from .cli import check_demo_args
+from .demo_settings import check_demo_args
 from .core import add_param_docs
 
 # %% auto #0
