@@ -11,7 +11,7 @@ layer pairs (so features are kept too). One process times, round by round in alt
   store-first    cache_teacher=<a new folder>: first epoch, filling the store
 and `fill_teacher_store` filling a new store ahead of training (the teacher over the training set, no student).
 Then a second process opens the last full store and times `student` against `store` (every output read from disk,
-the teacher's forwards counted). Each ratio is the median over rounds of the ratio within a round, where the
+the teacher's forwards counted) and `memory` (the in-memory cache, filled in a warm-up epoch). Each ratio is the median over rounds of the ratio within a round, where the
 configurations run seconds apart. Results go to bench/cache_results.json.
 
     python bench/cache.py                      # CPU: the committed figures
@@ -31,6 +31,12 @@ from fasterai_distill.callback.store import fill_teacher_store, weights_fingerpr
 from common import TrainTimer, steady_malloc, sync, device_name
 
 LAYERS = ['layer2', 'layer3']
+
+def machine()->str:
+    "The CPU's model name, the instruction set torch uses and its threads (a plain string until bench/common.py has `machine_info`)"
+    try: name = next(l.split(':', 1)[1].strip() for l in open('/proc/cpuinfo') if l.startswith('model name'))
+    except (OSError, StopIteration): name = platform.processor() or platform.machine()
+    return f"{name}, {torch.backends.cpu.get_cpu_capability()}, {torch.get_num_threads()} threads"
 def kd_loss(**kw): return SoftTarget(**kw) + Attention(**kw)
 
 def setup(a):
@@ -100,17 +106,21 @@ def measure(a, dls, teacher, tmp):
                 memory_bytes_per_item=memory.cache_nbytes / n_items)
 
 def read_store(a):
-    "The second process: plain student epochs against epochs that read every teacher output from the store at `a.read`"
+    "The second process: plain student epochs against epochs that read every teacher output from the store at `a.read`, and from memory"
     dls, teacher = setup(a)
-    forwards = [0]
-    teacher.register_forward_hook(lambda *_: forwards.__setitem__(0, forwards[0] + 1))
-    learners = {'student': learner(dls), 'store': learner(dls, KnowledgeDistillationCallback(teacher, kd_loss, LAYERS, LAYERS, cache_teacher=a.read))}
-    for l in learners.values(): epoch(l)  # warm-up
+    counting, forwards = [False], [0]
+    teacher.register_forward_hook(lambda *_: forwards.__setitem__(0, forwards[0] + counting[0]))
+    learners = {'student': learner(dls), 'store': learner(dls, KnowledgeDistillationCallback(teacher, kd_loss, LAYERS, LAYERS, cache_teacher=a.read)),
+                'memory': learner(dls, KnowledgeDistillationCallback(teacher, kd_loss, LAYERS, LAYERS, cache_teacher=True))}
+    def run(n):
+        counting[0] = n == 'store'  # the teacher's forwards in the epochs that read the store
+        return epoch(learners[n])
+    for n in learners: run(n)  # warm-up; fills the memory cache
     times = {n: [] for n in learners}
     for r in range(a.rounds):
-        for n in (list(learners) if r % 2 == 0 else list(learners)[::-1]): times[n].append(epoch(learners[n]))
+        for n in (list(learners) if r % 2 == 0 else list(learners)[::-1]): times[n].append(run(n))
     print(json.dumps(dict(ms_per_epoch={n: 1e3 * statistics.median(t) for n, t in times.items()}, ratio=ratios(times)['store'],
-                          teacher_forwards=forwards[0], epochs=a.rounds + 1)))
+                          memory_ratio=ratios(times)['memory'], teacher_forwards=forwards[0], epochs=a.rounds + 1)))
 
 if __name__ == '__main__':
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -127,12 +137,13 @@ if __name__ == '__main__':
     res = main(a)
     cmd = ' '.join(['python bench/cache.py', *sys.argv[1:]])
     out = dict(command=cmd, date=str(datetime.date.today()), torch=torch.__version__, python=platform.python_version(),
-               machine=f"{platform.processor() or platform.machine()}, {torch.backends.cpu.get_cpu_capability()}, {torch.get_num_threads()} threads",
+               machine=machine(),
                batches=a.batches, bs=a.bs, size=a.size, rounds=a.rounds, runtime_s=time.perf_counter() - t0, results=[res])
     Path(a.out).write_text(json.dumps(out, indent=1) + '\n')
     r, s = res['ratios'], res['second_process']
     print(f"{res['device']}: {a.batches} batches of {a.bs} at {a.size}x{a.size}, {a.rounds} rounds; ratios to the plain student epoch:")
     for n, v in r.items(): print(f"  {n:>13}: {v:.3f}  ({res['ms_per_epoch'][n]:.0f} ms)")
-    print(f"  second process reading the store: {s['ratio']:.3f}, teacher forwards: {s['teacher_forwards']} in {s['epochs']} epochs")
+    print(f"  second process reading the store: {s['ratio']:.3f} (in-memory cache there: {s['memory_ratio']:.3f}), "
+          f"teacher forwards: {s['teacher_forwards']} in {s['epochs']} epochs")
     print(f"  store on disk: {res['store_bytes_per_item'] / 1024:.1f} KiB per item; in memory: {res['memory_bytes_per_item'] / 1024:.1f} KiB")
     print(f"wrote {a.out}")

@@ -3,11 +3,12 @@
     python _store_worker.py ddp OUT_DIR STORE     # one DDP rank on CPU (gloo; RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT set):
                                                   # one epoch with cache_teacher=STORE; writes OUT_DIR/rank{RANK}.pt
     python _store_worker.py kill STORE N          # one process, one epoch with cache_teacher=STORE, killed (SIGKILL) while
-                                                  # it writes its N-th batch: after the rows, before the flags saying they are there
+                                                  # it commits its N-th batch: after the rows, before the flags saying they are there
 
-The notebook imports `make_data`, `make_teacher`, `kd_loss`, `N_TRAIN`, `BS` from here to check what the processes did.
+The notebook imports this module: `launch_ranks` starts the DDP ranks, and `make_data`, `make_teacher`, `fit`, `N_TRAIN`,
+`BS` check what the processes did.
 """
-import os, signal, sys
+import os, shutil, signal, socket, subprocess, sys, tempfile
 import torch
 from torch import nn
 
@@ -70,8 +71,9 @@ def ddp(out_dir, store):
     torch.save(fit(store, ddp=True), os.path.join(out_dir, f"rank{os.environ['RANK']}.pt"))
 
 def kill(store, n):
-    "Die like a killed process (no cleanup, no `finally`) inside the `n`-th write, once the rows are written"
+    "Die like a killed process (no cleanup, no `finally`) inside the `n`-th commit, once the rows are flushed, before their flags"
     from fasterai_distill.callback.store import TeacherStore
+    TeacherStore.commit_every = 0  # a commit at every batch
     class DieOnFlags:
         def __init__(self, a): self.a = a
         def __getitem__(self, i): return self.a[i]
@@ -84,6 +86,25 @@ def kill(store, n):
     def open_then_watch(self): _open(self); self.filled = DieOnFlags(self.filled)
     TeacherStore._open = open_then_watch
     fit(store)
+
+def _free_port():
+    with socket.socket() as s: s.bind(('127.0.0.1', 0)); return s.getsockname()[1]
+
+def launch_ranks(store, env, nproc=2, timeout=600):
+    "Run `ddp` on `nproc` CPU ranks with the environment `env`, as `accelerate launch` would; return each rank's record"
+    out, worker = tempfile.mkdtemp(), os.path.abspath(__file__)
+    try:
+        env = {**env, 'MASTER_ADDR': '127.0.0.1', 'MASTER_PORT': str(_free_port()), 'WORLD_SIZE': str(nproc)}
+        procs = [subprocess.Popen([sys.executable, worker, 'ddp', out, str(store)], cwd=os.path.dirname(worker),
+                                  env={**env, 'RANK': str(r), 'LOCAL_RANK': str(r)}, stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, text=True) for r in range(nproc)]
+        try: logs = [p.communicate(timeout=timeout)[0] for p in procs]
+        finally:
+            for p in procs: p.kill()
+        for r, (p, log) in enumerate(zip(procs, logs)):
+            if p.returncode: raise RuntimeError(f"rank {r} failed:\n{log[-3000:]}")
+        return [torch.load(f'{out}/rank{r}.pt', weights_only=False) for r in range(nproc)]
+    finally: shutil.rmtree(out)
 
 n_writes = 0
 if __name__ == '__main__':

@@ -16,7 +16,7 @@ from fastai.distributed import DistributedDL, DistributedTrainer
 from ..core import add_param_docs, model_device
 
 # %% auto #0
-__all__ = ['check_cacheable', 'TeacherCache', 'topk_logits', 'rebuild_logits', 'cache_outputs', 'CachedTeachers']
+__all__ = ['check_cacheable', 'TeacherCache', 'cache_outputs', 'CachedTeachers', 'topk_logits', 'rebuild_logits']
 
 # %% ../../nbs/03c_callback.cache.ipynb #48719780
 def _is_random(tfm):
@@ -25,14 +25,19 @@ def _is_random(tfm):
     # `Resize` only draws a random crop position with method='crop'; 'squish' and 'pad' are deterministic.
     return not (type(tfm).__name__ == 'Resize' and getattr(tfm, 'method', 'crop') in ('squish', 'pad'))
 
-# The setting that makes each transform random (`p`, the probability of applying it, for the others)
-_random_settings = {'Resize': 'method', 'RandomResizedCrop': 'min_scale', 'RandomResizedCropGPU': 'min_scale', 'RandomCrop': 'size'}
+# The setting that makes each transform random, when it is not `p` (the probability of applying it)
+_random_settings = {'Resize': 'method', 'RandomResizedCrop': 'min_scale', 'RandomResizedCropGPU': 'min_scale', 'RandomCrop': 'size',
+                    'Warp': 'magnitude', **{n: 'max_lighting' for n in ('Brightness', 'Contrast', 'Saturation', 'Hue')}}
 
 def _random_setting(tfm)->str:
-    "`tfm` by name with the setting that makes it random, on one line: `Flip(p=0.5)`"
-    name = type(tfm).__name__
+    "`tfm` by name with the setting that makes it random, on one line: `Flip(p=0.5)`, `Rotate(max_deg=10, p=0.5)`"
+    name, fmt = type(tfm).__name__, lambda v: repr(v) if isinstance(v, str) else str(v)
+    if name not in _random_settings and getattr(tfm, 'p', 1) == 1 and getattr(tfm, 'aff_fs', None):
+        # fastai's affine transforms keep their ranges and probability in their matrix functions
+        kw = getattr(tfm.aff_fs[0], 'keywords', {})
+        return f"{name}({', '.join(f'{k}={fmt(v)}' for k, v in kw.items() if v is not None and k not in ('draw', 'batch'))})"
     attr = _random_settings.get(name, 'p')
-    return f"{name}({attr}={getattr(tfm, attr)!r})" if hasattr(tfm, attr) else name
+    return f"{name}({attr}={fmt(getattr(tfm, attr))})" if hasattr(tfm, attr) else name
 
 def _transforms(dl):
     "Every transform applied to the items and batches of `dl` (dataset-level ones included)"
@@ -92,30 +97,6 @@ class TeacherCache:
 
     def get(self, idx, device):
         return [s[idx].to(device, non_blocking=True) for s in self.store]
-
-# %% ../../nbs/03c_callback.cache.ipynb #a1c0topk
-def topk_logits(logits:Tensor, # Logits of shape (batch, classes)
-                k:int, # How many of each row's largest logits to keep
-               )->tuple:
-    "The `k` largest `logits` of each row as their log-probabilities (float16) and class indices, with the row's log-normaliser (float32)"
-    if logits.ndim != 2:
-        raise ValueError(f"cache_topk keeps the largest logits of each item, for logits of shape (batch, classes); the teacher "
-                         f"gave logits of shape {tuple(logits.shape)}. Use cache_topk=None to keep them all.")
-    z = logits.detach().float()
-    lse = z.logsumexp(1, keepdim=True)
-    vals, idx = z.topk(min(k, z.shape[1]), dim=1)
-    return (vals - lse).half(), idx.to(torch.int16 if z.shape[1] <= 2**15 else torch.int32), lse
-
-def rebuild_logits(logp:Tensor, # The kept log-probabilities, (batch, k)
-                   idx:Tensor, # Their class indices, (batch, k)
-                   lse:Tensor, # Each row's log-normaliser, (batch, 1)
-                   n_classes:int, # The number of classes
-                  )->Tensor:
-    "Float32 logits: the kept ones as they were, the others equal, holding the probability mass the kept ones leave"
-    logp, lse = logp.float(), lse.float()
-    rest = (1 - logp.exp().sum(1, keepdim=True)).clamp_min(torch.finfo(torch.float32).tiny)
-    fill = lse + rest.log() - math.log(max(n_classes - logp.shape[1], 1))
-    return fill.expand(-1, n_classes).clone().scatter_(1, idx.long(), logp + lse)
 
 # %% ../../nbs/03c_callback.cache.ipynb #a1c0outs
 def cache_outputs(cache:TeacherCache, # Where the outputs go: a `TeacherCache`, or a `TeacherStore` on disk
@@ -237,6 +218,30 @@ class CachedTeachers(Callback):
                 "Use cache_teacher=False with this data.")
 
     def clear(self): self.cache = None
+
+# %% ../../nbs/03c_callback.cache.ipynb #c3topk01
+def topk_logits(logits:Tensor, # Logits of shape (batch, classes)
+                k:int, # How many of each row's largest logits to keep
+               )->tuple:
+    "The `k` largest `logits` of each row as their log-probabilities (float16) and class indices, with the row's log-normaliser (float32)"
+    if logits.ndim != 2:
+        raise ValueError(f"cache_topk keeps the largest logits of each item, for logits of shape (batch, classes); the teacher "
+                         f"gave logits of shape {tuple(logits.shape)}. Use cache_topk=None to keep them all.")
+    z = logits.detach().float()
+    lse = z.logsumexp(1, keepdim=True)
+    vals, idx = z.topk(min(k, z.shape[1]), dim=1)
+    return (vals - lse).half(), idx.to(torch.int16 if z.shape[1] <= 2**15 else torch.int32), lse
+
+def rebuild_logits(logp:Tensor, # The kept log-probabilities, (batch, k)
+                   idx:Tensor, # Their class indices, (batch, k)
+                   lse:Tensor, # Each row's log-normaliser, (batch, 1)
+                   n_classes:int, # The number of classes
+                  )->Tensor:
+    "Float32 logits: the kept ones as they were, the others equal, holding the probability mass the kept ones leave"
+    logp, lse = logp.float(), lse.float()
+    rest = (1 - logp.exp().sum(1, keepdim=True)).clamp_min(torch.finfo(torch.float32).tiny)
+    fill = lse + rest.log() - math.log(max(n_classes - logp.shape[1], 1))
+    return fill.expand(-1, n_classes).clone().scatter_(1, idx.long(), logp + lse)
 
 # %% ../../nbs/03c_callback.cache.ipynb #7354680a
 for _o in (check_cacheable, TeacherCache, topk_logits, rebuild_logits, cache_outputs, CachedTeachers): add_param_docs(_o)

@@ -6,7 +6,7 @@ Docs: https://fasterai-labs.github.io/fasterai_distill/callback.store.html.md"""
 
 # %% ../../nbs/03e_callback.store.ipynb #e0import
 from __future__ import annotations
-import hashlib, json, os, shutil, uuid
+import hashlib, json, os, shutil, time, uuid, weakref
 from pathlib import Path, PurePath
 import numpy as np
 import torch
@@ -80,6 +80,19 @@ _np_dtypes = {torch.float32: np.float32, torch.float16: np.float16, torch.bfloat
 def _to_numpy(t): t = t.detach().cpu(); return (t.view(torch.int16) if t.dtype == torch.bfloat16 else t).numpy()
 def _from_numpy(a, dtype): t = torch.from_numpy(a); return t.view(dtype) if dtype == torch.bfloat16 else t
 
+def _to_cuda(a, rows, dtype, device):
+    "The `rows` of `a` on the GPU: gathered into page-locked memory, whose copy to the GPU does not wait for the work queued there"
+    buf = torch.empty((len(rows), *a.shape[1:]), dtype=torch.int16 if dtype == torch.bfloat16 else dtype, pin_memory=True)
+    np.take(a, rows, axis=0, out=buf.numpy(), mode='clip')  # 'clip': no buffering (the rows are valid)
+    return buf.to(device, non_blocking=True).view(dtype)
+
+def _commit(arrays, filled, pending:list):
+    "Flush the rows written since the last commit to disk, then set their flags"
+    if not pending: return
+    for a, _ in arrays: a.flush()
+    filled[np.concatenate(pending)] = 1
+    pending.clear()
+
 def _array_names(identity)->list:
     "The file name of each output, in `cache_outputs`' order: per teacher its logits, its features, its head input; then the inputs' fingerprints"
     logits = ['logp', 'idx', 'lse'] if identity['topk'] else ['logits']
@@ -92,6 +105,7 @@ def remove_store(path:str|Path):
 
 class TeacherStore(TeacherCache):
     "`TeacherCache` on disk: one memory-mapped `.npy` file per output in the folder `path`, item i in row i, and `filled.npy` saying which rows are complete"
+    commit_every = 2.  # seconds between commits: a flush of the rows written since the last to disk (a disk sync), then their flags
     def __init__(self,
         path:str|Path, # The store's folder: created at the first `put`, or opened if it exists
         identity:dict, # What makes the outputs (`store_identity`): an existing store must have been made by the same
@@ -100,6 +114,7 @@ class TeacherStore(TeacherCache):
         self.path, self.identity = Path(path), json.loads(json.dumps(identity))  # as read back from meta.json
         self.who = who or f"cache_teacher={str(path)!r}"
         self.n_items, self.device, self._proj, self.arrays, self.filled = identity['n_items'], torch.device('cpu'), None, None, None
+        self._pending, self._committed = [], time.monotonic()
         if (self.path/'meta.json').exists(): self._open()
         elif self.path.exists() and (not self.path.is_dir() or any(self.path.iterdir())):
             raise ValueError(f"{self.who}: {self.path} exists and is not a teacher store (no meta.json in it): give the path "
@@ -111,12 +126,14 @@ class TeacherStore(TeacherCache):
         if diffs:
             hint = (" (`fill_teacher_store` runs the teachers under the autocast its `autocast_dtype` names, None by default)"
                     if meta.get('precision') != self.identity['precision'] else "")
-            raise ValueError(f"{self.who}: the store there holds the outputs of other teachers or data than this fit's: "
+            raise ValueError(f"{self.who}: the store at {str(self.path)!r} holds the outputs of other teachers or data: "
                              f"{'; '.join(diffs)}{hint}. Nothing is reused: give another path for a new store, or delete this "
                              f"one (`kd.clear_cache()`, or `shutil.rmtree({str(self.path)!r})`) to fill it anew.")
         self.meta, self.n_classes = meta, meta['n_classes']
         self.arrays = [(np.load(self.path/f"{a['name']}.npy", mmap_mode='r+'), getattr(torch, a['dtype'])) for a in meta['arrays']]
         self.filled, self._checked = np.load(self.path/'filled.npy', mmap_mode='r+'), False
+        # Rows written but not committed are committed when this object goes, or at the interpreter's exit (Ctrl-C included)
+        weakref.finalize(self, _commit, self.arrays, self.filled, self._pending)
 
     def _create(self, specs):
         "Write the empty store in a folder of its own, then rename it to `path` at once: other processes see all of it or none"
@@ -138,8 +155,10 @@ class TeacherStore(TeacherCache):
     def nbytes(self): return 0 if self.arrays is None else sum(a.nbytes for a, _ in self.arrays)
 
     def get(self, idx, device):
+        "The outputs of the items at `idx` (a CPU tensor) on `device`: one gather of rows per file"
         rows = idx.numpy()
-        return [_from_numpy(a[rows], dtype).to(device, non_blocking=True) for a, dtype in self.arrays]
+        if device.type != 'cuda': return [_from_numpy(a[rows], dtype).to(device) for a, dtype in self.arrays]
+        return [_to_cuda(a, rows, dtype, device) for a, dtype in self.arrays]
 
     def put(self, idx, ids, outs):
         specs = [dict(name=n, dtype=_dtype_name(o.dtype), shape=list(o.shape[1:])) for n, o in zip(_array_names(self.identity), outs)]
@@ -152,8 +171,13 @@ class TeacherStore(TeacherCache):
             self._checked = True
         rows = idx.numpy()
         for (a, _), o in zip(self.arrays, outs): a[rows] = _to_numpy(o)
-        for a, _ in self.arrays: a.flush()  # on disk before the flags that say they are there
-        self.filled[rows] = 1
+        self._pending.append(rows.copy())
+        if time.monotonic() - self._committed >= self.commit_every: self.commit()
+
+    def commit(self):
+        "Flush the rows written since the last commit to disk, then set their flags: whenever a process dies, only complete items are flagged"
+        if self.arrays is not None: _commit(self.arrays, self.filled, self._pending)
+        self._committed = time.monotonic()
 
 # %% ../../nbs/03e_callback.store.ipynb #e100005
 class StoredTeachers(CachedTeachers):
@@ -176,7 +200,16 @@ class StoredTeachers(CachedTeachers):
         # At every fit, as the teachers may have changed since the last: the store is opened again at the first batch,
         # and its identity checked. The weights are hashed here, outside the epochs (a large teacher takes a fraction of a second).
         if not in_fit(self.learn) or self.teachers is None: return
+        self._commit()
         self.cache, self._fingerprints = None, [weights_fingerprint(m) for m in self.teachers.models]
+
+    def _commit(self):
+        if self.cache is not None: self.cache.commit()
+
+    # What an epoch, a fit, or a fit that raised (the callback then leaves the learner) wrote is committed at its end.
+    def after_train(self): self._commit(); super().after_train()
+    def after_fit(self): self._commit()
+    def leave(self): super().leave(); self._commit()
 
     # Opened at the first batch, once the layer names (positions are named then) and the autocast region are known.
     def _open(self, n_items):
@@ -262,10 +295,12 @@ def fill_teacher_store(
     if not len(todo): return 0
     teachers.to(device)
     loader = dl.new(shuffle=False, drop_last=False, n=len(todo), get_idxs=lambda: todo.tolist())
-    for i, b in enumerate(progress_bar(loader, leave=False) if progress else loader):
-        xb, idx = _inputs(dl, b), torch.from_numpy(todo[i * loader.bs:(i + 1) * loader.bs])
-        with autocast(): preds, feats, heads = teachers(xb)
-        cache_outputs(store, idx, idx.tolist(), preds, feats, heads, xb, topk)
+    try:
+        for i, b in enumerate(progress_bar(loader, leave=False) if progress else loader):
+            xb, idx = _inputs(dl, b), torch.from_numpy(todo[i * loader.bs:(i + 1) * loader.bs])
+            with autocast(): preds, feats, heads = teachers(xb)
+            cache_outputs(store, idx, idx.tolist(), preds, feats, heads, xb, topk)
+    finally: store.commit()  # interrupted (Ctrl-C), it keeps what it computed
     return len(todo)
 
 # %% ../../nbs/03e_callback.store.ipynb #e0docs00
