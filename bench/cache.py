@@ -14,8 +14,9 @@ Then a second process opens the last full store and times `student` against `sto
 the teacher's forwards counted) and `memory` (the in-memory cache, filled in a warm-up epoch). Each ratio is the median over rounds of the ratio within a round, where the
 configurations run seconds apart. Results go to bench/cache_results.json.
 
-    python bench/cache.py                      # CPU: the committed figures
-    python bench/cache.py --device cuda --batches 50 --out bench/cache_results_cuda.json
+    python bench/cache.py                      # CPU, 7 rounds (about 4 min on 2 cores)
+    python bench/cache.py --rounds 3           # the committed CPU figures (2 cores of the GPU machine's CPU)
+    python bench/cache.py --device cuda --batches 50 --rounds 5 --out bench/cache_results_cuda.json   # the committed GPU ones
 """
 import argparse, datetime, json, platform, shutil, statistics, subprocess, sys, tempfile, time
 from pathlib import Path
