@@ -13,7 +13,9 @@ from .schedule import *
 from .layers import *
 from .students import *
 from .distillation_callback import *
+from .callback.store import *
 from .viz import *
 from . import losses, schedule, layers, students, distillation_callback, viz
+from .callback import store
 # Re-export every public name of the modules above (nbdev's own `__all__` for this module would be empty).
-__all__ = [n for m in (losses, schedule, layers, students, distillation_callback, viz) for n in m.__all__]
+__all__ = [n for m in (losses, schedule, layers, students, distillation_callback, store, viz) for n in m.__all__]

@@ -22,6 +22,7 @@ from .callback.teachers import *
 from .callback.features import *
 from .callback.features import _no_adapter, _float32
 from .callback.cache import *
+from .callback.store import *
 from .callback.table import *
 
 # %% auto #0
@@ -158,14 +159,13 @@ class WithParts(Callback):
 _no_teacher = ("This callback was loaded from an exported Learner, which does not carry the teacher: to keep distilling, "
                "remove it (`learn.remove_cb(learn.knowledge_distillation)`) and add a new KnowledgeDistillationCallback with your teacher.")
 
-def _check_options(loss, student_head, teacher_head_input, cache_teacher):
+def _check_options(loss, student_head, teacher_head_input, cache_teacher, cache_topk):
     if not callable(loss): raise ValueError(f"`loss` must be callable (e.g. `SoftTarget`), got {loss!r}.")
     check_loss_keywords(loss)
     if (student_head is None) != (teacher_head_input is None):
         raise ValueError("`student_head` and `teacher_head_input` go together: the student's head is applied to the output "
                          f"of that teacher layer. Got student_head={student_head!r}, teacher_head_input={teacher_head_input!r}.")
-    if cache_teacher not in (False, True, 'cpu', 'device'):
-        raise ValueError(f"`cache_teacher` must be False, True (cache on the learner's device) or 'cpu', got {cache_teacher!r}.")
+    check_cache_options(cache_teacher, cache_topk)
 
 # %% ../nbs/03_distillation_callback.ipynb #784c5207
 def _check_targets(yb):
@@ -241,17 +241,18 @@ class KnowledgeDistillationCallback(WithParts, LastBatch):
         output_fn=output_logits, # Extracts the logits from a model's output (for models returning tuples, dicts, ...)
         adapters:bool|list|dict=False, # True: a trainable `FeatureAdapter` for each layer pair whose shapes differ; or your own modules, one per pair
         teacher_weights:list=None, # With several teachers: the weight of each one's loss (normalised to sum to 1); None: equal weights
-        cache_teacher:bool|str=False, # Compute the teacher's outputs once per training item and reuse them: True (on the learner's device) or 'cpu'
+        cache_teacher:bool|str=False, # Compute the teachers' outputs once per training item and reuse them: True (on the learner's device), 'cpu', or a folder (a `Path`, or a string with a '/') for a store on disk that later fits and processes reuse
         teacher_dtype=None, # Run the teachers at `torch.bfloat16` or `torch.float16` (a copy made per fit; outputs reach the loss in float32); 'auto': the fastest precision the device runs natively; None: as they are
         student_head:str=None, # Name of the student's head: applied to the teacher's `teacher_head_input` output, it gives the loss `head_pred`
         teacher_head_input:str=None, # Name of the teacher layer whose output feeds the student's head (no second teacher forward)
+        cache_topk:int=None, # With `cache_teacher`: keep only the k largest logits of each item (the rest of the probability spread evenly); None: all
     ):
         models, self.several = _as_teachers(teacher)
-        _check_options(loss, student_head, teacher_head_input, cache_teacher)
+        _check_options(loss, student_head, teacher_head_input, cache_teacher, cache_topk)
         s_layers, t_layers = _check_layer_lists(_as_layers(activations_student, 'activations_student'), _teacher_layers(activations_teacher, len(models)))
         self.positions = s_layers if s_layers and _is_position(s_layers[0]) else None
         activations_student, activations_teacher = s_layers, t_layers if self.several and t_layers[0] is not t_layers[-1] else t_layers[0]
-        store_attr('teacher,loss,activations_student,activations_teacher,weight,schedule,output_fn,cache_teacher,student_head,teacher_head_input')
+        store_attr('teacher,loss,activations_student,activations_teacher,weight,schedule,output_fn,cache_teacher,student_head,teacher_head_input,cache_topk')
         self.weight, self.sched, self.teacher_dtype = _validate_weight(weight), as_schedule(schedule), as_teacher_dtype(teacher_dtype)
         self.current_weight = self.weight
         self.teachers = Teachers(models, [None] * len(models) if self.positions else t_layers,
@@ -259,7 +260,7 @@ class KnowledgeDistillationCallback(WithParts, LastBatch):
         self.teacher_weights, self._t_positions = self.teachers.weights, t_layers[0] if self.positions else None
         self.features = StudentFeatures(s_layers, student_head) if s_layers or student_head else None
         self.adapter_part = _as_adapters(adapters, s_layers, len(models), student_head)
-        self.cache = CachedTeachers(cache_teacher) if cache_teacher else None
+        self.cache = cache_part(cache_teacher, self.teachers, cache_topk)
         self.teacher_run = TeacherForward(self)
         self.table = DistillTable(self)
         self._init_state()
@@ -280,11 +281,11 @@ class KnowledgeDistillationCallback(WithParts, LastBatch):
 
     @property
     def cache_nbytes(self)->int:
-        "Bytes held by the cache of teacher outputs (0 when there is none)"
+        "Bytes held by the cache of teacher outputs, in memory or in the store's files (0 when there is none)"
         return 0 if self.cache is None else self.cache.nbytes
 
     def clear_cache(self):
-        "Forget the cached teacher outputs (e.g. after changing the training data or a teacher)"
+        "Forget the cached teacher outputs (e.g. after changing the training data or a teacher); a store on disk is deleted"
         if self.cache is not None: self.cache.clear()
 
     def before_train(self):
@@ -319,7 +320,7 @@ class KnowledgeDistillationCallback(WithParts, LastBatch):
         if cached is None:
             self.watch.update(self.learn.iter, preds, fm_ts, heads)
             if self.learn.iter == 0: self.watch.check(self.learn.epoch)  # one sync per epoch, on its first batch
-            if self.cache is not None: self.cache.store(preds, fm_ts, heads, xb)  # at the teachers' precision
+            if self.cache is not None: preds, fm_ts, heads = self.cache.store(preds, fm_ts, heads, xb)  # at the teachers' precision, as later reads give them
         if self.teachers.run_dtype is not None: preds, fm_ts, heads = _float32(preds, fm_ts, heads)  # whatever precision the teachers ran at
         self.teacher_preds, self.fm_ts, self.teacher_heads = preds, fm_ts, heads
 

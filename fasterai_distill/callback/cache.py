@@ -6,8 +6,9 @@ Docs: https://fasterai-labs.github.io/fasterai_distill/callback.cache.html.md"""
 
 # %% ../../nbs/03c_callback.cache.ipynb #685e5706
 from __future__ import annotations
-import warnings
+import math, warnings
 import torch
+from torch import Tensor
 from fastai.callback.core import Callback
 from fastai.data.load import DataLoader
 from fastai.data.core import TfmdDL
@@ -15,7 +16,7 @@ from fastai.distributed import DistributedDL, DistributedTrainer
 from ..core import add_param_docs, model_device
 
 # %% auto #0
-__all__ = ['check_cacheable', 'TeacherCache', 'CachedTeachers']
+__all__ = ['check_cacheable', 'TeacherCache', 'cache_outputs', 'CachedTeachers', 'topk_logits', 'rebuild_logits']
 
 # %% ../../nbs/03c_callback.cache.ipynb #48719780
 def _is_random(tfm):
@@ -24,6 +25,20 @@ def _is_random(tfm):
     # `Resize` only draws a random crop position with method='crop'; 'squish' and 'pad' are deterministic.
     return not (type(tfm).__name__ == 'Resize' and getattr(tfm, 'method', 'crop') in ('squish', 'pad'))
 
+# The setting that makes each transform random, when it is not `p` (the probability of applying it)
+_random_settings = {'Resize': 'method', 'RandomResizedCrop': 'min_scale', 'RandomResizedCropGPU': 'min_scale', 'RandomCrop': 'size',
+                    'Warp': 'magnitude', **{n: 'max_lighting' for n in ('Brightness', 'Contrast', 'Saturation', 'Hue')}}
+
+def _random_setting(tfm)->str:
+    "`tfm` by name with the setting that makes it random, on one line: `Flip(p=0.5)`, `Rotate(max_deg=10, p=0.5)`"
+    name, fmt = type(tfm).__name__, lambda v: repr(v) if isinstance(v, str) else str(v)
+    if name not in _random_settings and getattr(tfm, 'p', 1) == 1 and getattr(tfm, 'aff_fs', None):
+        # fastai's affine transforms keep their ranges and probability in their matrix functions
+        kw = getattr(tfm.aff_fs[0], 'keywords', {})
+        return f"{name}({', '.join(f'{k}={fmt(v)}' for k, v in kw.items() if v is not None and k not in ('draw', 'batch'))})"
+    attr = _random_settings.get(name, 'p')
+    return f"{name}({attr}={fmt(getattr(tfm, attr))})" if hasattr(tfm, attr) else name
+
 def _transforms(dl):
     "Every transform applied to the items and batches of `dl` (dataset-level ones included)"
     ds = getattr(dl, 'dataset', None)
@@ -31,27 +46,31 @@ def _transforms(dl):
     pipes += [tl.tfms for tl in getattr(ds, 'tls', [])] + [getattr(ds, 'tfms', None)]
     return [t for p in pipes for t in getattr(p, 'fs', [])]
 
-_known_loaders = (DataLoader, TfmdDL, DistributedDL)
+_known_loaders = (DataLoader, TfmdDL)
 
-def check_cacheable(dl):
+def check_cacheable(dl, # The training DataLoader
+                    who:str='cache_teacher=True', # How messages name the option or function that caches
+                   ):
     "Raise a `ValueError` if the teacher's outputs for the items of `dl` cannot be cached (random transforms, no item indices)"
+    if isinstance(dl, DistributedDL): dl = dl.dl  # under `distrib_ctx`: the loader it splits between the processes
     if not isinstance(dl, DataLoader) or not dl.indexed or dl.bs is None:
-        raise ValueError("cache_teacher=True needs a fastai DataLoader over an indexed dataset, with a batch size: it keeps "
+        raise ValueError(f"{who} needs a fastai DataLoader over an indexed dataset, with a batch size: it keeps "
                          "the teacher's outputs per item index. Use cache_teacher=False with this DataLoader.")
-    rand = [repr(t) for t in _transforms(dl) if _is_random(t)]
+    rand = [_random_setting(t) for t in _transforms(dl) if _is_random(t)]
     if rand:
-        raise ValueError(f"cache_teacher=True reuses the teacher's outputs for every item, so training inputs must be the "
-                         f"same every epoch, but the training DataLoader applies random transforms: {', '.join(rand)}. "
-                         "Remove the augmentation (deterministic ones such as `Resize(..., method='squish')` or `Normalize` "
-                         "are fine) or use cache_teacher=False.")
+        raise ValueError(f"{who}: the training DataLoader applies random transforms: {', '.join(rand)}. A cached teacher "
+                         "output belongs to one view of an item, and these draw another view each epoch, which the student "
+                         "would then match against the outputs of the first. Remove them (deterministic ones such as "
+                         "Resize(method='squish') or Normalize are fine), or use cache_teacher=False.")
     if type(dl) not in _known_loaders:
-        warnings.warn(f"cache_teacher=True with a custom DataLoader ({type(dl).__name__}): the cache assumes that batches are "
+        warnings.warn(f"{who} with a custom DataLoader ({type(dl).__name__}): the cache assumes that batches are "
                       "consecutive chunks of `get_idxs()` and that items are the same every epoch. Each cached batch's inputs "
                       "are checked against those of the first epoch, and a mismatch raises at the end of the epoch.")
 
 # %% ../../nbs/03c_callback.cache.ipynb #8a735a9c
 class TeacherCache:
     "The teachers' outputs per training item: written on first sight, read back by item index"
+    n_classes = None  # per teacher, the number of classes of logits kept as their top k
     def __init__(self, n_items:int, device=None): # Number of items in the training set; where the outputs are stored
         self.n_items, self.device = n_items, device
         self.filled = bytearray(n_items)  # on the host: checking a batch costs no device sync
@@ -79,29 +98,57 @@ class TeacherCache:
     def get(self, idx, device):
         return [s[idx].to(device, non_blocking=True) for s in self.store]
 
+# %% ../../nbs/03c_callback.cache.ipynb #a1c0outs
+def cache_outputs(cache:TeacherCache, # Where the outputs go: a `TeacherCache`, or a `TeacherStore` on disk
+                  idx:Tensor, # The batch's item indices, on the cache's device
+                  ids:list, # The same, as a list
+                  preds:list, feats:list, heads:list, # Per teacher: its logits, its features (a dict) and its head input (or None)
+                  xb:tuple, # The batch's inputs, fingerprinted with the outputs
+                  topk:int=None, # Keep only the `topk` largest logits of each item
+                 )->list:
+    "Put the teachers' outputs for the items `idx` in `cache`; return their logits as a later read gives them back"
+    logits = [(p,) for p in preds]
+    if topk:  # the loss sees now what it will see in later epochs: the top-k logits, rebuilt
+        logits, cache.n_classes = [topk_logits(p, topk) for p in preds], [p.shape[1] for p in preds]
+        preds = [rebuild_logits(*l, n) for l, n in zip(logits, cache.n_classes)]
+    outs = [o for l, fm, h in zip(logits, feats, heads) for o in (*l, *fm.values(), *([h] if h is not None else []))]
+    cache.put(idx, ids, outs + [cache.fingerprint(xb)])
+    return preds
+
 # %% ../../nbs/03c_callback.cache.ipynb #1523d9fd
 class CachedTeachers(Callback):
     "Keeps the teachers' outputs per training item (`TeacherCache`): `lookup` gives them back for a batch seen before"
     # `before_train` after `DistributedTrainer`'s, which wraps the training loader: record the order of the one iterated.
     order, run_valid = DistributedTrainer.order + 1, False
     _stateattrs = ('cache', '_idxs', '_idx_t', '_batch', '_mismatch', '_wrapped')
-    def __init__(self, where:str|bool=True): # True: on the learner's device; 'cpu': in host memory
-        self.where = where
+    topk = None  # for callbacks exported before it existed
+    def __init__(self,
+        where:str|bool=True, # True: on the learner's device; 'cpu': in host memory
+        topk:int=None, # Keep only the `topk` largest logits of each item (`topk_logits`); None: all of them
+    ):
+        self.where, self.topk = where, topk
         self._init_state()
 
     def _init_state(self): self.cache = self._idxs = self._idx_t = self._batch = self._mismatch = self._key = self._wrapped = None
+
+    @property
+    def _who(self): return f"cache_teacher={self.where!r}"
 
     @property
     def nbytes(self): return 0 if self.cache is None else self.cache.nbytes
 
     def before_train(self):
         self._unwrap()  # left by a fit that stopped before iterating
-        check_cacheable(self.dls.train)
-        device = torch.device('cpu') if self.where == 'cpu' else model_device(self.learn.model)
-        key = (id(self.dls.train.dataset), len(self.dls.train.dataset), device)
-        if self.cache is None or self._key != key: self.cache, self._key = TeacherCache(len(self.dls.train.dataset), device), key
+        check_cacheable(self.dls.train, self._who)
+        self._open(len(self.dls.train.dataset))
         self._mismatch, self._verified = None, False
         self._record_epoch_order(self.learn.dl)
+
+    def _open(self, n_items):
+        "The cache for this training set: kept across fits on the same one"
+        device = torch.device('cpu') if self.where == 'cpu' else model_device(self.learn.model)
+        key = (id(self.dls.train.dataset), n_items, device)
+        if self.cache is None or self._key != key: self.cache, self._key = TeacherCache(n_items, device), key
 
     def _record_epoch_order(self, dl):
         "Wrap `dl.get_idxs` once: the next iteration (this epoch's) records its order of items, then the wrapper removes itself"
@@ -127,30 +174,30 @@ class CachedTeachers(Callback):
     def lookup(self, xb:tuple, layer_names:list, head_input:str|None=None)->tuple|None:
         "The cached (logits, features, head inputs) per teacher for this training batch, or None when some of its items are not cached yet"
         if self._idxs is None:
-            raise ValueError(f"cache_teacher=True: the training DataLoader ({type(self.learn.dl).__name__}) did not call "
+            raise ValueError(f"{self._who}: the training DataLoader ({type(self.learn.dl).__name__}) did not call "
                              "`get_idxs()`, so the items of each batch are unknown. Use cache_teacher=False with it.")
         i, bs, n = self.learn.iter, self.learn.dl.bs, xb[0].shape[0]
         if i == 0: self._idx_t = torch.tensor(self._idxs, device=self.cache.device)  # one copy per epoch
         ids, idx = self._idxs[i * bs:(i + 1) * bs], self._idx_t[i * bs:(i + 1) * bs]
         if len(ids) != n:
-            raise ValueError(f"cache_teacher=True: batch {i} has {n} items but the DataLoader's order gives "
+            raise ValueError(f"{self._who}: batch {i} has {n} items but the DataLoader's order gives "
                              f"{len(ids)} for it; items were skipped or batches are not consecutive chunks "
                              "of `get_idxs()`. Use cache_teacher=False with this DataLoader.")
         self._batch = (idx, ids)
         if ids not in self.cache: return None
         *outs, fp = self.cache.get(idx, xb[0].device)
         self._compare_fingerprint(xb, fp)
-        preds, feats, heads, k = [], [], [], 0
-        for names in layer_names:  # the flat list back into per-teacher logits, feature dicts and head inputs
+        preds, feats, heads, k, n_logits = [], [], [], 0, 3 if self.topk else 1
+        for t, names in enumerate(layer_names):  # the flat list back into per-teacher logits, feature dicts and head inputs
             names = names or []
-            preds.append(outs[k]); feats.append(dict(zip(names, outs[k + 1:k + 1 + len(names)]))); k += 1 + len(names)
+            preds.append(rebuild_logits(*outs[k:k + 3], self.cache.n_classes[t]) if self.topk else outs[k]); k += n_logits
+            feats.append(dict(zip(names, outs[k:k + len(names)]))); k += len(names)
             heads.append(outs[k] if head_input else None); k += bool(head_input)
         return preds, feats, heads
 
-    def store(self, preds:list, feats:list, heads:list, xb:tuple):
-        "Keep the teachers' logits, features and head inputs (batch first) for the items of the batch last looked up"
-        outs = [o for p, fm, h in zip(preds, feats, heads) for o in (p, *fm.values(), *([h] if h is not None else []))]
-        self.cache.put(*self._batch, outs + [self.cache.fingerprint(xb)])
+    def store(self, preds:list, feats:list, heads:list, xb:tuple)->tuple:
+        "Keep the teachers' logits, features and head inputs (batch first) for the items of the batch last looked up; return them as a later `lookup` will"
+        return cache_outputs(self.cache, *self._batch, preds, feats, heads, xb, self.topk), feats, heads
 
     def _compare_fingerprint(self, xb, cached):
         now = self.cache.fingerprint(xb)
@@ -163,11 +210,38 @@ class CachedTeachers(Callback):
     def _check(self):
         if self._mismatch is not None and self._mismatch.item():
             n = int(self._mismatch.item()); self._mismatch = None; self.cache = None
-            raise ValueError(f"cache_teacher=True: {n} cached item(s) had other inputs than when their teacher outputs were "
-                             "cached: the training inputs change between epochs (random augmentation?) or batches do not "
-                             "follow `get_idxs()`. Use cache_teacher=False with this data.")
+            raise ValueError(self._mismatch_message(n))
+
+    def _mismatch_message(self, n):
+        return (f"{self._who}: {n} cached item(s) had other inputs than when their teacher outputs were cached: the "
+                "training inputs change between epochs (random augmentation?) or batches do not follow `get_idxs()`. "
+                "Use cache_teacher=False with this data.")
 
     def clear(self): self.cache = None
 
+# %% ../../nbs/03c_callback.cache.ipynb #c3topk01
+def topk_logits(logits:Tensor, # Logits of shape (batch, classes)
+                k:int, # How many of each row's largest logits to keep
+               )->tuple:
+    "The `k` largest `logits` of each row as their log-probabilities (float16) and class indices, with the row's log-normaliser (float32)"
+    if logits.ndim != 2:
+        raise ValueError(f"cache_topk keeps the largest logits of each item, for logits of shape (batch, classes); the teacher "
+                         f"gave logits of shape {tuple(logits.shape)}. Use cache_topk=None to keep them all.")
+    z = logits.detach().float()
+    lse = z.logsumexp(1, keepdim=True)
+    vals, idx = z.topk(min(k, z.shape[1]), dim=1)
+    return (vals - lse).half(), idx.to(torch.int16 if z.shape[1] <= 2**15 else torch.int32), lse
+
+def rebuild_logits(logp:Tensor, # The kept log-probabilities, (batch, k)
+                   idx:Tensor, # Their class indices, (batch, k)
+                   lse:Tensor, # Each row's log-normaliser, (batch, 1)
+                   n_classes:int, # The number of classes
+                  )->Tensor:
+    "Float32 logits: the kept ones as they were, the others equal, holding the probability mass the kept ones leave"
+    logp, lse = logp.float(), lse.float()
+    rest = (1 - logp.exp().sum(1, keepdim=True)).clamp_min(torch.finfo(torch.float32).tiny)
+    fill = lse + rest.log() - math.log(max(n_classes - logp.shape[1], 1))
+    return fill.expand(-1, n_classes).clone().scatter_(1, idx.long(), logp + lse)
+
 # %% ../../nbs/03c_callback.cache.ipynb #7354680a
-for _o in (check_cacheable, TeacherCache, CachedTeachers): add_param_docs(_o)
+for _o in (check_cacheable, TeacherCache, topk_logits, rebuild_logits, cache_outputs, CachedTeachers): add_param_docs(_o)
