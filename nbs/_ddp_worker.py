@@ -3,9 +3,18 @@
 Spawned by `07_distributed.ipynb` with MASTER_ADDR, MASTER_PORT, WORLD_SIZE, RANK and LOCAL_RANK set, as
 `accelerate launch` would. Usage: `python _ddp_worker.py OUT_DIR STUDENT_LAYER [TEACHER_DTYPE]` (TEACHER_DTYPE: e.g. bf16; default: the teacher's own). Writes `OUT_DIR/rank{RANK}.pt`.
 The notebook imports `make_data`, `make_models`, `kd_loss`, `N_TRAIN`, `BS` from here for its single-process reference.
+
+Each rank destroys the process group before it exits. Left alive (`distrib_ctx` does not destroy the group that Accelerate
+creates), its gloo worker threads run on into interpreter shutdown: a worker delayed by a loaded CPU that drops the last
+reference to a tensor of the last collective only then needs the GIL for it, the finalizing interpreter ends that thread
+(pthread_exit) inside a C++ destructor, and the process aborts with "terminate called without an active exception".
 """
-import os, sys
+import os, sys, gc
 import torch
+# Before the process group exists: `torch.distributed.nn`'s functions take `group=group.WORLD` as a default argument,
+# evaluated on import. Imported later (DDP imports torch._dynamo, which imports it), they would hold the group, and
+# `destroy_process_group()` could not free it: its threads would still run at exit.
+import torch.distributed.nn
 from torch import nn
 
 N_TRAIN, N_VALID, BS = 32, 8, 4   # per-rank batch size: 2 ranks x 4 = one reference batch of 8
@@ -34,7 +43,19 @@ def kd_loss(**kw):
 
 def n_hooks(model): return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
 
-def main(out_dir, student_layer, teacher_dtype=None):
+def comm_threads():
+    "Names of this process's gloo and TCPStore threads (read from /proc: Linux only; elsewhere `[]`, unchecked)"
+    tasks = '/proc/self/task'
+    if not os.path.isdir(tasks): return []
+    names = []
+    for t in os.listdir(tasks):
+        try:
+            with open(f'{tasks}/{t}/comm') as f: names.append(f.read().strip())
+        except OSError: pass  # the thread ended meanwhile
+    return sorted(n for n in names if 'gloo' in n or 'tcpstore' in n)
+
+def main(student_layer, teacher_dtype=None):
+    "Train one epoch under `distrib_ctx`; return what this rank saw and holds"
     from fastai.basics import Learner, Callback, DataLoaders, SGD
     from fastai.data.load import DataLoader
     from fastai.callback.progress import ProgressCallback
@@ -78,7 +99,7 @@ def main(out_dir, student_layer, teacher_dtype=None):
     with learn.distrib_ctx(cpu=True):  # `cpu=True` goes to accelerate's `Accelerator`: gloo backend, no GPU
         learn.fit(1)
 
-    torch.save(dict(**spy.rec,
+    return dict(**spy.rec,
         recorder=learn.recorder.values, metric_names=list(learn.recorder.metric_names),
         teacher_before=teacher_before, teacher_after=teacher.state_dict(),
         teacher_grads=[p.grad for p in teacher.parameters()],
@@ -88,6 +109,17 @@ def main(out_dir, student_layer, teacher_dtype=None):
         model_after=type(learn.model).__name__,
         hooks_after=(n_hooks(learn.model), n_hooks(teacher)),
         world_size=torch.distributed.get_world_size(), rank=torch.distributed.get_rank(),
-    ), os.path.join(out_dir, f"rank{os.environ['RANK']}.pt"))
+    )
 
-if __name__ == '__main__': main(*sys.argv[1:4])
+def teardown():
+    "Destroy the process group (fastai's `teardown_distrib`): its gloo threads and rank 0's TCPStore server are joined"
+    from fastai.distributed import teardown_distrib
+    gc.collect()  # a DDP wrapper left in a reference cycle would still hold the group
+    teardown_distrib()
+
+if __name__ == '__main__':
+    out_dir = sys.argv[1]
+    try: rec = main(*sys.argv[2:4])
+    finally: teardown()
+    rec['comm_threads_after_teardown'] = comm_threads()
+    torch.save(rec, os.path.join(out_dir, f"rank{os.environ['RANK']}.pt"))
