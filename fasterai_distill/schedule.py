@@ -120,7 +120,7 @@ def sched_exp_ramp(start,      # Value at `pos`=0
                    pos,        # Position in the schedule's window, from 0 to 1
                    k:float=5., # Growth rate: the larger, the later the ramp rises
                   ):
-    "Exponential ramp $(e^{k\,pos}-1)/(e^k-1)$: slow at first, then fast"
+    r"Exponential ramp $(e^{k\,pos}-1)/(e^k-1)$: slow at first, then fast"
     return start + (end-start) * math.expm1(k*pos) / math.expm1(k)
 
 def sched_dsd(start, # Value at `pos`=0 and 1
