@@ -197,15 +197,20 @@ def bench(device, n_batches, rounds, only=None, bs=32, size=64):
     mem = {c: measure_memory(c, teacher, student, dls) for c in progress_bar(cfgs, leave=False)}
     return times, mem, phases if on_cpu else None
 
-def matmul_rate(device, dtype, n=2048, seconds=1.)->float:
-    "GFLOP/s of an n x n matrix product at `dtype` on `device`: the ceiling for a teacher at that precision"
+def _matmul_seconds(device, dtype, n, reps=1)->float:
     a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
-    sync(device); t0 = time.perf_counter(); a @ b; sync(device)
-    reps = max(1, min(10, int(seconds / (time.perf_counter() - t0))))  # about a second: generic bfloat16 code is slow
-    for _ in range(2): a @ b
-    sync(device); t0 = time.perf_counter()
+    a @ b; sync(device); t0 = time.perf_counter()
     for _ in range(reps): a @ b
-    sync(device); return 2 * n**3 * reps / (time.perf_counter() - t0) / 1e9
+    sync(device); return (time.perf_counter() - t0) / reps
+
+def matmul_rate(device, dtype, n=2048, seconds=1.)->float:
+    "GFLOP/s of n x n matrix products at `dtype` on `device` (about `seconds` of them): the ceiling for a teacher at that precision"
+    # Where a precision has no fast kernels (bfloat16 on an AVX2-only CPU), one 2048 x 2048 product takes minutes:
+    # a smaller n, from a 256 x 256 probe, keeps this to about `seconds`.
+    t = _matmul_seconds(device, dtype, 256)
+    while n > 256 and t * (n / 256)**3 > seconds: n //= 2
+    reps = max(1, min(10, int(seconds / (t * (n / 256)**3))))
+    return 2 * n**3 / _matmul_seconds(device, dtype, n, reps) / 1e9
 
 def per_round(times, c, base)->list:
     "The ratios of configuration `c` to the sum of the configurations `base`, one per round, sorted"
@@ -266,7 +271,7 @@ def report(device, times, mem, phases=None, bs=32, size=64)->dict:
     dtypes = [torch.float32, torch.bfloat16] + ([torch.float16] if any(c.endswith('-fp16') for c in times) else [])
     rates = {d: matmul_rate(device, d) for d in dtypes}
     print(f"\nMatrix products on this {device_name(device)}: " + ', '.join(
-          f"{str(d).replace('torch.', '')} {r:.0f} GFLOP/s" + (f" ({r / rates[torch.float32]:.1f}x)" if d != torch.float32 else '')
+          f"{str(d).replace('torch.', '')} {r:.3g} GFLOP/s" + (f" ({r / rates[torch.float32]:.2g}x)" if d != torch.float32 else '')
           for d, r in rates.items()) + '.')
     out['matmul_gflops'] = {str(d).replace('torch.', ''): r for d, r in rates.items()}
     out['half_precision'] = half_precision(device, times)
