@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Cost of distillation: time and peak memory against student training + teacher inference.
 
-ResNet-34 teacher -> ResNet-18 student (torchvision, random init), random 64x64 batches of 32.
+ResNet-34 teacher -> ResNet-18 student (torchvision, random init), random 64x64 batches of 32 (`--size`, `--bs`).
 In one run it measures, per training batch:
   student   plain student training (fastai Learner, no callback)
   teacher   teacher inference forward alone (eval, no_grad) on the same batches
@@ -13,11 +13,18 @@ In one run it measures, per training batch:
   teacher-bf16-nchw      the same copy without channels-last (what the memory format brings)
   teacher-bf16-autocast  (the alternative) teacher inference under bfloat16 autocast
   soft-bf16, attention-bf16   distillation with `teacher_dtype=torch.bfloat16`
-  *-fp16    the same with float16 (GPU only)
+  *-fp16    the same with float16 (on a GPU; on a CPU only when asked for: `--configs precision` or by name)
 
   naive     (reference) SoftTarget with the teacher run with autograd on and the loss not detaching it, so the
             backward pass also goes through the teacher, as a naive implementation would
 and prints time and peak memory of each with the ratios distillation / (student + teacher).
+
+Does a half-precision teacher help on this machine? `--configs precision` runs only what answers that (student,
+teacher and SoftTarget at float32, bfloat16, and float16 where the device has float16 kernels) and ends with one line
+per precision, e.g. "teacher_dtype=torch.bfloat16 helps here: 0.86 of the float32 limit" or "makes distillation
+slower here: 2.3x the float32 limit": a CPU without bfloat16 kernels (AVX2 only) runs a bfloat16 teacher in slow
+generic code. `--isa avx2` re-runs the script as such a CPU (oneDNN's and ATen's instruction-set limits, see
+`bench/common.py`), to see that case on any x86 machine. The results file records the machine (`machine_info()`).
 
 Time: configurations are interleaved round by round in one process (in alternating order). The ms / batch column is
 the median over the rounds; the ratios are the median of the ratios measured within each round, whose configurations
@@ -34,26 +41,45 @@ torch.cuda.max_memory_allocated. On CPU, where torch keeps no allocator statisti
 op is tracked (a TorchDispatchMode with weak references), which counts the same thing.
 
     python bench/cost.py                 # CPU (and CUDA too when a GPU is present); writes bench/cost_results.json
-    python bench/cost.py --device cuda --batches 50
+    python bench/cost.py --configs precision --out ''       # does teacher_dtype help here? (a few minutes)
+    python bench/cost.py --configs precision --isa avx2 --rounds 11 --out bench/cost_avx2_results.json
+    python bench/cost.py --device cuda --out bench/cost_cuda_results.json
 """
-import argparse, contextlib, datetime, json, platform, statistics, sys, time, weakref
+import argparse, contextlib, datetime, json, statistics, sys, time, weakref
 import torch
 from torch import nn
-from common import sync, TrainTimer, PhaseTimer, device_name, steady_malloc
+from common import sync, TrainTimer, PhaseTimer, device_name, steady_malloc, limit_isa, ISA_LIMITS, machine_info, machine_line
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 import torch.nn.functional as F
 
 CONFIGS = ['student', 'teacher', 'soft', 'soft-after', 'attention', 'naive',
            'teacher-bf16', 'teacher-bf16-nchw', 'teacher-bf16-autocast', 'soft-bf16', 'attention-bf16']
-CUDA_ONLY = ['teacher-fp16', 'soft-fp16', 'attention-fp16']  # float16 teachers: GPUs (the CPU's float16 kernels are slow)
+FP16 = ['teacher-fp16', 'soft-fp16', 'attention-fp16']  # by default on GPUs only (most CPUs lack float16 kernels)
+# `--configs precision`: what it takes to see whether `teacher_dtype` helps on this machine
+PRECISION = ['student', 'teacher', 'soft', 'teacher-bf16', 'soft-bf16', 'teacher-fp16', 'soft-fp16']
+
+def has_fp16(device)->bool:
+    "Whether float16 teachers are worth measuring on `device`: a GPU, or a CPU with oneDNN's float16 kernels"
+    return torch.device(device).type == 'cuda' or bool(torch.ops.mkldnn._is_mkldnn_fp16_supported())
 
 def configs(device, only=None):
-    cfgs = CONFIGS + (CUDA_ONLY if torch.device(device).type == 'cuda' else [])
-    if only is None: return cfgs
+    "The configurations to run: all by default, else `only` (names, or 'precision'), always with student and teacher"
+    cfgs = CONFIGS + FP16
+    if only is None: return [c for c in cfgs if c not in FP16 or torch.device(device).type == 'cuda']
+    if 'precision' in only: only = [c for c in only if c != 'precision'] + [c for c in PRECISION if c not in FP16 or has_fp16(device)]
     unknown = set(only) - set(cfgs)
-    if unknown: raise SystemExit(f"unknown configuration(s) {sorted(unknown)} on {device}; known: {', '.join(cfgs)}")
+    if unknown: raise SystemExit(f"unknown configuration(s) {sorted(unknown)}; known: precision, {', '.join(cfgs)}")
     return ['student', 'teacher'] + [c for c in cfgs if c in only and c not in ('student', 'teacher')]
+
+def auto_teacher_dtype(device)->torch.dtype|None:
+    "The precision `teacher_dtype='auto'` picks on `device`: bfloat16 where there are fast kernels for it, float16 on older GPUs, else float32"
+    # TODO(issue 17, item 1): call the library's own resolution of 'auto' once it lands, so that this line cannot drift from it.
+    if torch.device(device).type == 'cuda':
+        try: bf16 = torch.cuda.is_bf16_supported(including_emulation=False)
+        except TypeError: bf16 = torch.cuda.is_bf16_supported()
+        return torch.bfloat16 if bf16 else torch.float16
+    return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else None
 
 def make_setup(device, n_batches, bs=32, size=64, seed=0):
     from torchvision.models import resnet18, resnet34
@@ -63,7 +89,7 @@ def make_setup(device, n_batches, bs=32, size=64, seed=0):
     teacher, student = resnet34(num_classes=10), resnet18(num_classes=10)
     x = torch.randn(n_batches * bs, 3, size, size)
     y = torch.randint(0, 10, (n_batches * bs,))
-    ds = list(zip(x, y))
+    ds = list(zip(x.to(device), y.to(device)))  # on a GPU the batches are made there: no host-to-device copies timed
     dls = DataLoaders(DataLoader(ds, bs=bs, shuffle=False, drop_last=True), DataLoader(ds[:bs], bs=bs), device=device)
     return teacher.to(device), student.to(device), dls
 
@@ -95,7 +121,7 @@ def teacher_after_callback(teacher, loss):
 
 def teacher_inference(teacher, dls, how):
     "Seconds of teacher inference over the training batches: in its own precision, as a bfloat16/float16 copy, or under autocast"
-    from fasterai_distill.distillation_callback import _to_teacher_input, half_copy
+    from fasterai_distill.callback.teachers import _to_teacher_input, half_copy
     model, prep, ctx = teacher.eval(), (lambda x: x), contextlib.nullcontext
     if isinstance(how, torch.dtype):  # what `teacher_dtype` does: a channels-last copy at that precision (made once per fit)
         model, prep = half_copy(teacher, how), (lambda x: _to_teacher_input(x, how))
@@ -156,9 +182,9 @@ def measure_memory(name, teacher, student, dls):
     with TensorMemory(weights) as tm: run_config(name, teacher, student, dls)
     return tm.peak
 
-def bench(device, n_batches, rounds, only=None):
+def bench(device, n_batches, rounds, only=None, bs=32, size=64):
     from fastprogress.fastprogress import progress_bar
-    teacher, student, dls = make_setup(device, n_batches)
+    teacher, student, dls = make_setup(device, n_batches, bs, size)
     cfgs = configs(device, only)
     times, phases = {c: [] for c in cfgs}, {c: [] for c in cfgs if not c.startswith('teacher')}
     on_cpu = torch.device(device).type == 'cpu'  # the phase marks would need device syncs on a GPU
@@ -171,19 +197,59 @@ def bench(device, n_batches, rounds, only=None):
     mem = {c: measure_memory(c, teacher, student, dls) for c in progress_bar(cfgs, leave=False)}
     return times, mem, phases if on_cpu else None
 
-def matmul_rate(device, dtype, n=2048, reps=10)->float:
-    "GFLOP/s of an n x n matrix product at `dtype` on `device`: the ceiling for a teacher at that precision"
+def _matmul_seconds(device, dtype, n, reps=1)->float:
     a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
-    for _ in range(3): a @ b
-    sync(device); t0 = time.perf_counter()
+    a @ b; sync(device); t0 = time.perf_counter()
     for _ in range(reps): a @ b
-    sync(device); return 2 * n**3 * reps / (time.perf_counter() - t0) / 1e9
+    sync(device); return (time.perf_counter() - t0) / reps
 
-def report(device, times, mem, phases=None)->dict:
+def matmul_rate(device, dtype, n=2048, seconds=1.)->float:
+    "GFLOP/s of n x n matrix products at `dtype` on `device` (about `seconds` of them): the ceiling for a teacher at that precision"
+    # Where a precision has no fast kernels (bfloat16 on an AVX2-only CPU), one 2048 x 2048 product takes minutes:
+    # a smaller n, from a 256 x 256 probe, keeps this to about `seconds`.
+    t = _matmul_seconds(device, dtype, 256)
+    while n > 256 and t * (n / 256)**3 > seconds: n //= 2
+    reps = max(1, min(10, int(seconds / (t * (n / 256)**3))))
+    return 2 * n**3 / _matmul_seconds(device, dtype, n, reps) / 1e9
+
+def per_round(times, c, base)->list:
+    "The ratios of configuration `c` to the sum of the configurations `base`, one per round, sorted"
+    return sorted(x / sum(b) for x, *b in zip(times[c], *(times[k] for k in base)))
+
+HALF = {'bf16': torch.bfloat16, 'fp16': torch.float16}
+
+def half_precision(device, times)->dict:
+    "Per half precision measured: SoftTarget distillation and teacher inference against float32, and the verdict"
+    out = {}
+    for tag, dtype in HALF.items():
+        if f'soft-{tag}' not in times or 'soft' not in times: continue
+        soft, soft32 = (statistics.median(per_round(times, c, ['student', 'teacher'])) for c in (f'soft-{tag}', 'soft'))
+        teacher = statistics.median(per_round(times, f'teacher-{tag}', ['teacher'])) if f'teacher-{tag}' in times else None
+        verdict = 'helps' if soft < 0.97 * soft32 else 'slower' if soft > 1.03 * soft32 else 'same'
+        out[str(dtype).replace('torch.', '')] = dict(soft=soft, soft_float32=soft32, teacher=teacher, verdict=verdict)
+    auto = auto_teacher_dtype(device)
+    out['auto'] = str(auto).replace('torch.', '') if auto else 'float32'
+    return out
+
+def verdict_lines(hp)->list:
+    "The half-precision verdicts as sentences"
+    lines = []
+    for name, v in hp.items():
+        if name == 'auto': continue
+        what = {'helps': 'helps here', 'slower': 'makes distillation slower here', 'same': 'changes nothing measurable here'}[v['verdict']]
+        times = f"{v['soft']:.2f} of" if v['soft'] < 1 else f"{v['soft']:.2f}x"
+        teacher = f"; the teacher's inference alone takes {v['teacher']:.2f}x its float32 time" if v['teacher'] else ''
+        lines.append(f"teacher_dtype=torch.{name} {what}: {times} the float32 limit with SoftTarget "
+                     f"({v['soft_float32']:.2f} with the float32 teacher){teacher}.")
+    auto = hp['auto']
+    lines.append(f"teacher_dtype='auto' would run the teacher at {'torch.' + auto if auto != 'float32' else 'float32 (None)'} here.")
+    return lines
+
+def report(device, times, mem, phases=None, bs=32, size=64)->dict:
     "Print the tables for one device; return what they show, for `bench/cost_results.json`"
     t = {c: statistics.median(v) for c, v in times.items()}
     out = dict(device=device_name(device), ms_per_batch={c: t[c] * 1e3 for c in t}, peak_mib={c: mem[c] / 2**20 for c in mem}, ratios={})
-    print(f"\n## {device_name(device)}: ResNet-34 -> ResNet-18, batches of 32 at 64x64, torch {torch.__version__}, "
+    print(f"\n## {device_name(device)}: ResNet-34 -> ResNet-18, batches of {bs} at {size}x{size}, torch {torch.__version__}, "
           f"median of {len(times['student'])} rounds\n")
     print(f"| configuration | ms / batch | peak memory (MiB) |")
     print(f"|---|---|---|")
@@ -195,16 +261,21 @@ def report(device, times, mem, phases=None)->dict:
     print(f"| configuration | time / (student + teacher) | middle half of rounds | all rounds | peak memory / (student + teacher) | peak memory / student |")
     print(f"|---|---|---|---|---|---|")
     for c in [c for c in times if c not in ('student', 'teacher')]:
-        per_round = sorted(x / (s + te) for x, s, te in zip(times[c], times['student'], times['teacher']))
-        q1, _, q3 = statistics.quantiles(per_round, n=4, method='inclusive') if len(per_round) > 1 else per_round * 3
-        print(f"| {c} | {statistics.median(per_round):.3f} | {q1:.2f}-{q3:.2f} | {per_round[0]:.2f}-{per_round[-1]:.2f} "
+        rounds = per_round(times, c, ['student', 'teacher'])
+        q1, _, q3 = statistics.quantiles(rounds, n=4, method='inclusive') if len(rounds) > 1 else rounds * 3
+        print(f"| {c} | {statistics.median(rounds):.3f} | {q1:.2f}-{q3:.2f} | {rounds[0]:.2f}-{rounds[-1]:.2f} "
               f"| {mem[c]/base_m:.3f} | {mem[c]/mem['student']:.3f} |")
-        out['ratios'][c] = dict(time=statistics.median(per_round), time_middle_half=[q1, q3], time_range=[per_round[0], per_round[-1]],
+        out['ratios'][c] = dict(time=statistics.median(rounds), time_middle_half=[q1, q3], time_range=[rounds[0], rounds[-1]],
                                 memory=mem[c] / base_m, memory_vs_student=mem[c] / mem['student'])
-    rates = {d: matmul_rate(device, d) for d in (torch.float32, torch.bfloat16)}
-    print(f"\nMatrix products on this {device_name(device)}: float32 {rates[torch.float32]:.0f} GFLOP/s, bfloat16 "
-          f"{rates[torch.bfloat16]:.0f} GFLOP/s ({rates[torch.bfloat16] / rates[torch.float32]:.1f}x).")
+        if c.startswith('teacher-'): out['ratios'][c]['vs_float32_teacher'] = statistics.median(per_round(times, c, ['teacher']))
+    dtypes = [torch.float32, torch.bfloat16] + ([torch.float16] if any(c.endswith('-fp16') for c in times) else [])
+    rates = {d: matmul_rate(device, d) for d in dtypes}
+    print(f"\nMatrix products on this {device_name(device)}: " + ', '.join(
+          f"{str(d).replace('torch.', '')} {r:.3g} GFLOP/s" + (f" ({r / rates[torch.float32]:.2g}x)" if d != torch.float32 else '')
+          for d, r in rates.items()) + '.')
     out['matmul_gflops'] = {str(d).replace('torch.', ''): r for d, r in rates.items()}
+    out['half_precision'] = half_precision(device, times)
+    print('\n' + '\n'.join(verdict_lines(out['half_precision'])))
     if not phases: return out
     out['phases_ms'] = {}
     print(f"\nWhere a training batch's time goes (ms, the median over batches and rounds; 'rest' is the data loading and "
@@ -223,17 +294,26 @@ if __name__ == '__main__':
     p.add_argument('--batches', type=int, default=8, help="training batches per epoch")
     p.add_argument('--threads', type=int, default=None, help="CPU threads for torch (default: torch's choice, one per core)")
     p.add_argument('--rounds', type=int, default=21, help="interleaved rounds; the median is reported")
-    p.add_argument('--configs', default=None, help="comma-separated configurations to run (default: all; student and teacher always run)")
+    p.add_argument('--configs', default=None, help="comma-separated configurations to run, or 'precision' (does teacher_dtype "
+                   "help here?) (default: all; student and teacher always run)")
+    p.add_argument('--bs', type=int, default=32, help="batch size (default 32)")
+    p.add_argument('--size', type=int, default=64, help="image size (default 64)")
+    p.add_argument('--isa', default=None, choices=list(ISA_LIMITS), help="run as a CPU limited to this instruction set "
+                   "(avx2: no AVX-512, no bfloat16 or float16 kernels), whatever this CPU has")
     p.add_argument('--out', default='bench/cost_results.json', help="results file (default bench/cost_results.json; '' for none)")
     a = p.parse_args()
+    limit_isa(a.isa)
     steady_malloc()
     if a.threads: torch.set_num_threads(a.threads)
     devices = [a.device] if a.device else ['cpu'] + (['cuda'] if torch.cuda.is_available() else [])
     only = a.configs.split(',') if a.configs else None
+    for d in devices: configs(d, only)  # unknown names: an error now, not after the first device's run
+    machine = machine_info(devices)
+    print(machine_line(machine))
     start = time.perf_counter()
-    results = [report(d, *bench(d, a.batches, a.rounds, only)) for d in devices]
+    results = [report(d, *bench(d, a.batches, a.rounds, only, a.bs, a.size), bs=a.bs, size=a.size) for d in devices]
     if a.out:
         meta = dict(command='python ' + ' '.join(sys.argv), date=datetime.date.today().isoformat(), torch=torch.__version__,
-                    python=platform.python_version(), batches=a.batches, rounds=a.rounds, runtime_s=time.perf_counter() - start)
+                    machine=machine, batches=a.batches, rounds=a.rounds, bs=a.bs, size=a.size, runtime_s=time.perf_counter() - start)
         with open(a.out, 'w') as f: json.dump(dict(meta, results=results), f, indent=1)
         print(f"\nwritten to {a.out}")

@@ -8,13 +8,15 @@ precision (fp32; `learn.to_fp16()`; `learn.to_bf16()`) it measures the training 
   attention distillation with Attention on two layer pairs (layer2, layer3)
 and the teacher's inference images/s under the same autocast. `ideal` is what running student training and teacher
 inference back to back would give, 1 / (1/student + 1/teacher): the best distillation can do without overlap.
-Configurations are interleaved round by round in one process and the median epoch is kept.
+Configurations are interleaved round by round in one process and the median epoch is kept. The batches are made on
+the device, so no host-to-device copy is timed. The figures, the command and the machine (`machine_info()`) go to
+bench/precision_results.json.
 
-    python bench/precision.py                                   # on a CUDA GPU
-    python bench/precision.py --bs 128 --batches 40 --channels-last
-    python bench/precision.py --device cpu --size 64 --bs 16 --batches 2 --rounds 1   # a quick check of the script on CPU
+    python bench/precision.py                                   # on a CUDA GPU; writes bench/precision_results.json
+    python bench/precision.py --bs 128 --batches 40 --channels-last --out ''
+    python bench/precision.py --device cpu --size 32 --bs 8 --batches 2 --rounds 1 --out ''   # a quick check of the script on CPU
 """
-import argparse, statistics, sys, time
+import argparse, datetime, json, statistics, sys, time
 import torch
 from torch import nn
 from fastai.data.core import DataLoaders
@@ -25,7 +27,7 @@ from fastai.callback.channelslast import ChannelsLast  # registers `Learner.to_c
 from torchvision.models import resnet18, resnet34
 from fasterai_distill.losses import SoftTarget, Attention
 from fasterai_distill.distillation_callback import KnowledgeDistillationCallback
-from common import sync, TrainTimer, device_name
+from common import sync, TrainTimer, device_name, machine_info, machine_line
 
 PRECISIONS = {'fp32': None, 'fp16': torch.float16, 'bf16': torch.bfloat16}
 CONFIGS = ['student', 'soft', 'attention']
@@ -33,7 +35,7 @@ CONFIGS = ['student', 'soft', 'attention']
 def make_setup(device, n_batches, bs, size):
     torch.manual_seed(0)
     x, y = torch.randn(n_batches * bs, 3, size, size), torch.randint(0, 10, (n_batches * bs,))
-    ds = list(zip(x, y))
+    ds = list(zip(x.to(device), y.to(device)))
     dls = DataLoaders(DataLoader(ds, bs=bs, shuffle=False, drop_last=True), DataLoader(ds[:bs], bs=bs), device=device)
     return resnet34(num_classes=10).to(device), dls
 
@@ -80,15 +82,19 @@ def bench(device, n_batches, bs, size, rounds, precisions, channels_last):
         results[prec] = {c: n_images / statistics.median(t) for c, t in times.items()}
     return results
 
-def report(device, results, bs, size, channels_last):
+def report(device, results, bs, size, channels_last)->dict:
+    "Print the table; return the ratios it shows, per precision"
     cl = ', channels-last' if channels_last else ''
     print(f"\n## {device_name(device)}: ResNet-34 -> ResNet-18, batches of {bs} at {size}x{size}{cl}, torch {torch.__version__}\n")
     print("| precision | student img/s | teacher inference img/s | ideal img/s | SoftTarget img/s | Attention img/s | SoftTarget / ideal | Attention / ideal | SoftTarget / student |")
     print("|---|---|---|---|---|---|---|---|---|")
+    ratios = {}
     for prec, r in results.items():
         ideal = 1 / (1 / r['student'] + 1 / r['teacher'])
+        ratios[prec] = dict(ideal=ideal, soft_vs_ideal=r['soft'] / ideal, attention_vs_ideal=r['attention'] / ideal, soft_vs_student=r['soft'] / r['student'])
         print(f"| {prec} | {r['student']:.0f} | {r['teacher']:.0f} | {ideal:.0f} | {r['soft']:.0f} | {r['attention']:.0f} "
               f"| {r['soft'] / ideal:.3f} | {r['attention'] / ideal:.3f} | {r['soft'] / r['student']:.3f} |")
+    return ratios
 
 if __name__ == '__main__':
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -99,8 +105,18 @@ if __name__ == '__main__':
     p.add_argument('--rounds', type=int, default=3, help="interleaved rounds; the median is reported")
     p.add_argument('--precisions', nargs='+', default=list(PRECISIONS), choices=list(PRECISIONS))
     p.add_argument('--channels-last', action='store_true', help="train and run the teacher in channels-last memory format")
+    p.add_argument('--out', default='bench/precision_results.json', help="results file (default bench/precision_results.json; '' for none)")
     a = p.parse_args()
     if torch.device(a.device).type == 'cuda' and not torch.cuda.is_available():
         sys.exit("bench/precision.py measures mixed precision on a GPU, and torch sees none here. "
-                 "`--device cpu --size 64 --bs 16 --batches 2 --rounds 1` checks that the script runs.")
-    report(a.device, bench(a.device, a.batches, a.bs, a.size, a.rounds, a.precisions, a.channels_last), a.bs, a.size, a.channels_last)
+                 "`--device cpu --size 32 --bs 8 --batches 2 --rounds 1 --out ''` checks that the script runs.")
+    start, machine = time.perf_counter(), machine_info(a.device)
+    print(machine_line(machine))
+    results = bench(a.device, a.batches, a.bs, a.size, a.rounds, a.precisions, a.channels_last)
+    ratios = report(a.device, results, a.bs, a.size, a.channels_last)
+    if a.out:
+        out = dict(command='python ' + ' '.join(sys.argv), date=datetime.date.today().isoformat(), machine=machine,
+                   device=device_name(a.device), batches=a.batches, bs=a.bs, size=a.size, rounds=a.rounds,
+                   channels_last=a.channels_last, runtime_s=time.perf_counter() - start, images_per_s=results, ratios=ratios)
+        with open(a.out, 'w') as f: json.dump(out, f, indent=1)
+        print(f"\nwritten to {a.out}")

@@ -36,6 +36,7 @@ from fastai.callback.hook import hook_outputs
 from fastprogress.fastprogress import progress_bar
 from fasterai_distill.demo import digits_dls, digits_teacher, digits_student, train_digits, n_params
 from fasterai_distill.all import *
+from common import machine_info
 
 FEATURES = dict(student=['block1', 'block2'], teacher=['block1', 'block2'])
 PRE_RELU = dict(student=['block1.1', 'block2.1'], teacher=['block1.1.1', 'block2.1.1'])
@@ -191,7 +192,7 @@ def main(argv=None):
     table = '\n'.join(lines)
     command = 'python bench/quality.py' + (' ' + ' '.join(argv if argv is not None else sys.argv[1:])).rstrip()
     out = dict(command=command.strip(), date=datetime.date.today().isoformat(), torch=torch.__version__, fastai=fastai.__version__,
-               python=platform.python_version(), machine=f"{platform.machine()}, {torch.get_num_threads()} torch thread(s)",
+               python=platform.python_version(), machine=machine_info(),
                runtime_s=round(time.perf_counter() - start), seeds=args.seeds, n_train=args.n_train, data_seed=args.data_seed, epochs=args.epochs,
                teacher_epochs=args.teacher_epochs, lr=args.lr, teacher_params=n_params(teacher),
                student_params=n_params(digits_student()), teacher_accuracy=teacher_acc,

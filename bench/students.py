@@ -9,14 +9,15 @@ In one run it measures, per training batch:
   one-by-one the 3 distillations run one after another (3 teacher forwards per batch)
 and prints the time of each with the ratios to the limit, the 3 student trainings + 1 teacher inference.
 Configurations are interleaved round by round, in alternating order; the median per-batch time is kept.
+The figures, the command and the machine (`machine_info()`) go to bench/students_results.json.
 
-    python bench/students.py                 # CPU
-    python bench/students.py --device cuda --batches 30
+    python bench/students.py                 # CPU; writes bench/students_results.json
+    python bench/students.py --device cuda --batches 30 --out bench/students_cuda_results.json
 """
-import argparse, statistics, time
+import argparse, datetime, json, statistics, sys, time
 import torch
 from torch import nn
-from common import sync, TrainTimer, device_name, steady_malloc
+from common import sync, TrainTimer, device_name, steady_malloc, machine_info, machine_line
 
 N_STUDENTS = 3
 CONFIGS = ['students', 'teacher', 'at-once', 'one-by-one']
@@ -62,9 +63,12 @@ def main():
     p.add_argument('--batches', type=int, default=12, help="training batches per epoch")
     p.add_argument('--rounds', type=int, default=5, help="interleaved rounds; the median is reported")
     p.add_argument('--threads', type=int, default=None, help="CPU threads for torch (default: torch's choice)")
+    p.add_argument('--out', default='bench/students_results.json', help="results file (default bench/students_results.json; '' for none)")
     a = p.parse_args()
     steady_malloc()
     if a.threads: torch.set_num_threads(a.threads)
+    start, machine = time.perf_counter(), machine_info(a.device)
+    print(machine_line(machine))
     teacher, students, dls = make_setup(a.device, a.batches)
     run_config('at-once', teacher, students, dls)  # warm-up
     times = {c: [] for c in CONFIGS}
@@ -76,8 +80,16 @@ def main():
           f"median of {a.rounds} rounds\n")
     print("| configuration | ms / batch | time / (3 student trainings + 1 teacher inference) | per-round range |")
     print("|---|---|---|---|")
+    ratios = {}
     for c in CONFIGS:
         per_round = [x / (s + te) for x, s, te in zip(times[c], times['students'], times['teacher'])]
-        print(f"| {c} | {t[c]*1e3:.1f} | {t[c] / (t['students'] + t['teacher']):.3f} | {min(per_round):.2f}-{max(per_round):.2f} |")
+        ratios[c] = dict(time=t[c] / (t['students'] + t['teacher']), time_range=[min(per_round), max(per_round)])
+        print(f"| {c} | {t[c]*1e3:.1f} | {ratios[c]['time']:.3f} | {min(per_round):.2f}-{max(per_round):.2f} |")
+    if a.out:
+        out = dict(command='python ' + ' '.join(sys.argv), date=datetime.date.today().isoformat(), machine=machine,
+                   device=device_name(a.device), batches=a.batches, rounds=a.rounds, bs=32, size=64, n_students=N_STUDENTS,
+                   runtime_s=time.perf_counter() - start, ms_per_batch={c: v * 1e3 for c, v in t.items()}, ratios=ratios)
+        with open(a.out, 'w') as f: json.dump(out, f, indent=1)
+        print(f"\nwritten to {a.out}")
 
 if __name__ == '__main__': main()

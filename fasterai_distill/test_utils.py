@@ -6,7 +6,7 @@ Docs: https://fasterai-labs.github.io/fasterai_distill/test_utils.html.md"""
 
 # %% ../nbs/97_test_utils.ipynb #c9fcbffa
 from __future__ import annotations
-import pathlib, zipfile
+import json, pathlib, textwrap, zipfile
 import torch
 from torch import nn
 from fastai.callback.core import Callback, CancelFitException
@@ -16,7 +16,7 @@ from fastai.data.load import DataLoader
 
 # %% auto #0
 __all__ = ['tiny_cnn', 'n_hooks', 'modes', 'tiny_dls', 'img_dls', 'Probe', 'GrabLoss', 'GrabBoth', 'CountingTeacher', 'Exploding',
-           'CPUAutocast', 'export_tensors']
+           'CPUAutocast', 'export_tensors', 'bench_results', 'machine_line', 'bench_source']
 
 # %% ../nbs/97_test_utils.ipynb #31daded5
 def tiny_cnn(width:int=8, seed:int=0)->nn.Sequential:
@@ -90,3 +90,31 @@ def export_tensors(learn, d, fname)->list:
     "Sizes of the tensor storages that `Learner.export` writes to `d/fname`"
     learn.path = pathlib.Path(d); learn.export(fname)
     return sorted(i.file_size for i in zipfile.ZipFile(learn.path/fname).infolist() if i.filename.split('/')[-1].isdigit())
+
+# %% ../nbs/97_test_utils.ipynb #f732b6ef
+def bench_results(name:str)->dict: # A file of `bench/`, e.g. 'cost_results.json'
+    "The results a `bench/` script wrote, found from the repository root or a notebook's folder (`nbs/`, `nbs/tutorials/`)"
+    for d in (pathlib.Path('.'), pathlib.Path('..'), pathlib.Path('../..')):
+        if (d/'bench'/name).exists(): return json.loads((d/'bench'/name).read_text())
+    raise FileNotFoundError(f"bench/{name} not found: run `python bench/{name.split('_')[0]}.py` from the repository root.")
+
+def _yes(b): return '?' if b is None else 'yes' if b else 'no'
+
+def machine_line(res:dict)->str: # A results file (its `machine` record), or a `machine_info()` dict itself
+    "Where figures were measured, in one line: the CPU and its half precision as torch sees it, the versions, the GPU"
+    m = res.get('machine', res)
+    if not (isinstance(m, dict) and 'cpu_capability' in m):  # a file written before the scripts recorded their machine
+        parts = [m] if isinstance(m, str) else [r['device'] for r in res.get('results', []) if 'device' in r]
+        return ', '.join(parts + [f"{k} {res[k]}" for k in ('torch', 'fastai', 'python') if k in res]) + \
+               " (this run did not record its CPU: rerun its command)"
+    limit = f" (limited by {' '.join(f'{k}={v}' for k, v in m['isa_limit'].items())})" if m.get('isa_limit') else ''
+    line = (f"{m['cpu']} ({m['cores']} cores, {m['torch_threads']} torch threads), {m['cpu_capability']}{limit}, oneDNN "
+            f"bfloat16 {_yes(m['onednn_bf16'])}, float16 {_yes(m['onednn_fp16'])} (CPU flags: {' '.join(m['cpu_flags']) or 'none'}); "
+            f"torch {m['torch']}, fastai {m['fastai']}, Python {m['python']}")
+    if m.get('gpu'): line += f"; GPU: {m['gpu']['name']} (compute capability {m['gpu']['capability']}, bfloat16 {_yes(m['gpu']['bf16'])})"
+    return line
+
+def bench_source(res:dict, width:int=110)->str: # A results file of `bench/`
+    "The command that wrote `res`, when, and on what machine: to print beside its figures"
+    took = f", {res['runtime_s'] / 60:.0f} min" if 'runtime_s' in res else ''
+    return f"$ {res['command']}\n" + textwrap.fill(f"{res['date']}{took}; {machine_line(res)}", width)
