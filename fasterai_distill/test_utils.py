@@ -15,8 +15,8 @@ from fastai.data.core import DataLoaders, TfmdLists
 from fastai.data.load import DataLoader
 
 # %% auto #0
-__all__ = ['tiny_cnn', 'n_hooks', 'modes', 'tiny_dls', 'img_dls', 'Probe', 'GrabLoss', 'GrabBoth', 'CountingTeacher', 'Exploding',
-           'CPUAutocast', 'export_tensors']
+__all__ = ['tiny_cnn', 'n_hooks', 'modes', 'tiny_dls', 'img_dls', 'img_cnn', 'tiny_timm', 'Probe', 'GrabLoss', 'GrabBoth',
+           'CountingTeacher', 'Exploding', 'CPUAutocast', 'export_tensors']
 
 # %% ../nbs/97_test_utils.ipynb #31daded5
 def tiny_cnn(width:int=8, seed:int=0)->nn.Sequential:
@@ -48,6 +48,19 @@ def img_dls(n:int=48, bs:int=16, size:int=32, n_out:int=10, seed:int=0)->DataLoa
     x, y = torch.randn(n, 3, size, size, generator=g), torch.randint(0, n_out, (n,), generator=g)
     train, valid = (TfmdLists(list(zip(x[s], y[s])), None) for s in (slice(0, n - bs), slice(n - bs, n)))
     return DataLoaders(DataLoader(train, bs=bs, shuffle=True, drop_last=True), DataLoader(valid, bs=bs))
+
+def img_cnn(width:int=8, n_out:int=10, seed:int=0)->nn.Sequential:
+    "Two stride-2 conv blocks, pooled, then a linear layer: layers '2' and '5' give (width, 16, 16) and (2*width, 8, 8) maps of 32x32 images"
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(3, width, 3, stride=2, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
+                         nn.Conv2d(width, 2 * width, 3, stride=2, padding=1), nn.BatchNorm2d(2 * width), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2 * width, n_out))
+
+def tiny_timm(arch:str='vit_tiny_patch16_224', seed:int=0, **kwargs)->nn.Module:
+    "A timm transformer with random weights, small by default: 32x32 images in 8x8 patches (a 4x4 grid), 32-d, one block, 10 classes; `kwargs` override (needs timm)"
+    import timm  # a test dependency only: the library works without it
+    torch.manual_seed(seed)
+    return timm.create_model(arch, pretrained=False, **(dict(img_size=32, patch_size=8, embed_dim=32, depth=1, num_heads=2, num_classes=10) | kwargs))
 
 # %% ../nbs/97_test_utils.ipynb #7da86420
 class Probe(Callback):
