@@ -69,17 +69,19 @@ class DistillToken(Callback):
     "Turns the student's distillation head on for each training forward; gives the task loss the class logits and keeps the distillation logits in `distill_pred`"
     # Right after fastai's `TrainEvalCallback`: every other callback's `after_pred`, and the task loss, see the class logits.
     order, run_valid = TrainEvalCallback.order + 1, False
-    _stateattrs = ('flags', 'distill_pred')
+    _stateattrs = ('mods', 'flags', 'distill_pred')
     def __init__(self): self._init_state()
-    def _init_state(self): self.flags = self.distill_pred = None
+    def _init_state(self): self.mods, self.flags, self.distill_pred = [], None, None
 
-    def before_batch(self):
+    def before_train(self):  # each epoch, on the model as it is then (wrapped by DDP, say)
         students = students_of(self.learn.model)
         for s in students: _check_heads(s)
-        mods = [m for s in students for m in distilled_modules(s)]
+        self.mods = [m for s in students for m in distilled_modules(s)]
+
+    def before_batch(self):
         self._restore()
-        self.flags = _FlagsBack(self.learn.model, [(m, getattr(m, 'distilled_training', False)) for m in mods])
-        for m in mods: m.set_distilled_training(True)
+        self.flags = _FlagsBack(self.learn.model, [(m, getattr(m, 'distilled_training', False)) for m in self.mods])
+        for m in self.mods: m.set_distilled_training(True)
 
     def after_pred(self):
         pred = self.learn.pred
