@@ -73,13 +73,13 @@ def tokens_to_map(
     role:str='student', # Which model gave them ('student' or 'teacher'), for the error message
 )->Tensor:
     "The patch tokens of `x` laid out on `grid` as a feature map `(B, C, h, w)`, the prefix tokens dropped"
-    n, patches = x.shape[1], grid.h * grid.w
-    if x.ndim != 3 or n not in (patches, grid.n_tokens):
-        got = f"{n} tokens" if x.ndim == 3 else f"an output of shape {tuple(x.shape)}"
+    patches = grid.h * grid.w
+    if x.ndim != 3 or x.shape[1] not in (patches, grid.n_tokens):
+        got = f"{x.shape[1]} tokens" if x.ndim == 3 else f"an output of shape {tuple(x.shape)}"
         raise ValueError(f"The {role} layer {layer!r} gives {got}, which do not fit its token grid {grid} "
                          f"({grid.n_tokens} tokens, or {patches} without the prefix). Pair a layer whose tokens lie on that grid, "
                          f"or give the grid of this model as `{role}_grid=(h, w, prefix)`.")
-    return x[:, n - patches:].transpose(1, 2).unflatten(2, (grid.h, grid.w))
+    return x[:, x.shape[1] - patches:].transpose(1, 2).unflatten(2, (grid.h, grid.w))
 
 def grid_features(
     fm:dict, # Features of one model: layer name -> tensor
@@ -89,10 +89,11 @@ def grid_features(
     role:str='student', # Which model this is, for error messages
 )->dict:
     "`fm` with every token feature `(B, N, C)` laid out as a map `(B, C, h, w)` when `model`'s token grid is known; other features as they are"
-    if not any(t.ndim == 3 for t in fm.values()): return fm
+    is_tokens = lambda t: isinstance(t, Tensor) and t.ndim == 3
+    if not any(map(is_tokens, fm.values())): return fm
     g = token_grid(model, img_size, grid)
     if g is None: return fm
-    return {n: tokens_to_map(t, g, n, role) if t.ndim == 3 else t for n, t in fm.items()}
+    return {n: tokens_to_map(t, g, n, role) if is_tokens(t) else t for n, t in fm.items()}
 
 # %% ../nbs/02a_tokens.ipynb #7553adcb
 def as_token_grids(
