@@ -16,7 +16,7 @@ __all__ = ['TokenGrid', 'as_token_grid', 'grid_source', 'token_grid', 'tokens_to
 
 # %% ../nbs/02a_tokens.ipynb #fb246d06
 class TokenGrid(NamedTuple):
-    "How a layer's tokens `(B, prefix + h*w, C)` lie on the image: `prefix` tokens first, then an `h` x `w` grid of patch tokens, row by row"
+    "`TokenGrid(h, w, prefix=0)`: a layer's tokens `(B, prefix + h*w, C)` are `prefix` tokens, then an `h` x `w` grid of patch tokens, row by row"
     h: int # Rows of patches
     w: int # Columns of patches
     prefix: int = 0 # Tokens before the patch tokens (class, distillation, register tokens)
