@@ -8,6 +8,10 @@ In one run it measures, per training batch:
   soft      distillation with SoftTarget (the teacher runs just before the student's forward, as the callback does)
   soft-after  (placement check) the same with the teacher run right after the student's forward instead
   attention distillation with Attention on two layer pairs (layer2, layer3)
+  student-vit, fitnet-vit   (CNN -> ViT) a timm ViT-Tiny student cut to 4 blocks (64x64 images in 8x8 patches: an 8x8
+            grid of 192-d tokens; about ResNet-18's cost here) trained alone, and distilled with FitNet from the
+            teacher's layer2 (128 channels, 8x8) to its blocks.2 through an adapter (`adapters=True`: the tokens laid out
+            on their grid, a 1x1 convolution 192 -> 128); its ratios are to student-vit + teacher (needs timm)
 
   teacher-bf16           teacher inference as `teacher_dtype=torch.bfloat16` runs it: a bfloat16 channels-last copy
   teacher-bf16-nchw      the same copy without channels-last (what the memory format brings)
@@ -56,6 +60,8 @@ import torch.nn.functional as F
 CONFIGS = ['student', 'teacher', 'soft', 'soft-after', 'attention', 'naive',
            'teacher-bf16', 'teacher-bf16-nchw', 'teacher-bf16-autocast', 'soft-bf16', 'attention-bf16']
 FP16 = ['teacher-fp16', 'soft-fp16', 'attention-fp16']  # by default on GPUs only (most CPUs lack float16 kernels)
+VIT = ['student-vit', 'fitnet-vit']  # on request (`--configs fitnet-vit`): a ViT student, its own limit
+BASELINE = {'fitnet-vit': 'student-vit'}  # configurations whose limit is another student's training + teacher inference
 # `--configs precision`: what it takes to see whether `teacher_dtype` helps on this machine
 PRECISION = ['student', 'teacher', 'soft', 'teacher-bf16', 'soft-bf16', 'teacher-fp16', 'soft-fp16']
 
@@ -65,21 +71,13 @@ def has_fp16(device)->bool:
 
 def configs(device, only=None):
     "The configurations to run: all by default, else `only` (names, or 'precision'), always with student and teacher"
-    cfgs = CONFIGS + FP16
-    if only is None: return [c for c in cfgs if c not in FP16 or torch.device(device).type == 'cuda']
+    cfgs = CONFIGS + FP16 + VIT
+    if only is None: return [c for c in CONFIGS + FP16 if c not in FP16 or torch.device(device).type == 'cuda']
     if 'precision' in only: only = [c for c in only if c != 'precision'] + [c for c in PRECISION if c not in FP16 or has_fp16(device)]
     unknown = set(only) - set(cfgs)
     if unknown: raise SystemExit(f"unknown configuration(s) {sorted(unknown)}; known: precision, {', '.join(cfgs)}")
-    return ['student', 'teacher'] + [c for c in cfgs if c in only and c not in ('student', 'teacher')]
-
-def auto_teacher_dtype(device)->torch.dtype|None:
-    "The precision `teacher_dtype='auto'` picks on `device`: bfloat16 where there are fast kernels for it, float16 on older GPUs, else float32"
-    # TODO(issue 17, item 1): call the library's own resolution of 'auto' once it lands, so that this line cannot drift from it.
-    if torch.device(device).type == 'cuda':
-        try: bf16 = torch.cuda.is_bf16_supported(including_emulation=False)
-        except TypeError: bf16 = torch.cuda.is_bf16_supported()
-        return torch.bfloat16 if bf16 else torch.float16
-    return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else None
+    wanted = set(only) | {BASELINE[c] for c in only if c in BASELINE}  # a configuration runs with its own limit's student
+    return ['student', 'teacher'] + [c for c in cfgs if c in wanted and c not in ('student', 'teacher')]
 
 def make_setup(device, n_batches, bs=32, size=64, seed=0):
     from torchvision.models import resnet18, resnet34
@@ -93,6 +91,14 @@ def make_setup(device, n_batches, bs=32, size=64, seed=0):
     dls = DataLoaders(DataLoader(ds, bs=bs, shuffle=False, drop_last=True), DataLoader(ds[:bs], bs=bs), device=device)
     return teacher.to(device), student.to(device), dls
 
+_VITS = {}
+def vit_student(device, seed=0):
+    "The CNN -> ViT configurations' student: timm's ViT-Tiny, 4 blocks, on 64x64 images in 8x8 patches, random init (made once per device)"
+    if device not in _VITS:
+        import timm
+        torch.manual_seed(seed)
+        _VITS[device] = timm.create_model('vit_tiny_patch16_224', pretrained=False, img_size=64, patch_size=8, depth=4, num_classes=10).to(device)
+    return _VITS[device]
 
 
 def naive_soft_target(pred, teacher_pred, T=5, **kwargs):
@@ -138,13 +144,15 @@ def run_config(name, teacher, student, dls, phases=None):
     "Seconds spent on the training batches of one epoch of configuration `name` (and, in `phases`, where they went)"
     from fastai.learner import Learner
     from fasterai_distill.distillation_callback import KnowledgeDistillationCallback
-    from fasterai_distill.losses import SoftTarget, Attention
+    from fasterai_distill.losses import SoftTarget, Attention, FitNet
     if name.startswith('teacher'):
         return teacher_inference(teacher, dls, {'teacher': None, 'teacher-bf16': torch.bfloat16, 'teacher-fp16': torch.float16,
                                                 'teacher-bf16-autocast': 'autocast', 'teacher-bf16-nchw': 'nchw'}[name])
+    if name.endswith('-vit'): student = vit_student(dls.device)
     dtype = {'bf16': torch.bfloat16, 'fp16': torch.float16}.get(name.rsplit('-', 1)[-1])
     base = name.rsplit('-', 1)[0] if dtype else name
-    cbs = {'student': [],
+    cbs = {'student': [], 'student-vit': [],
+           'fitnet-vit': [KnowledgeDistillationCallback(teacher, FitNet, 'blocks.2', 'layer2', adapters=True)],
            'soft': [KnowledgeDistillationCallback(teacher, SoftTarget, teacher_dtype=dtype)],
            'attention': [KnowledgeDistillationCallback(teacher, Attention, ['layer2', 'layer3'], ['layer2', 'layer3'], teacher_dtype=dtype)],
            'soft-after': [teacher_after_callback(teacher, SoftTarget)],
@@ -178,7 +186,7 @@ def measure_memory(name, teacher, student, dls):
         torch.cuda.synchronize(); base = torch.cuda.memory_allocated(); torch.cuda.reset_peak_memory_stats()
         run_config(name, teacher, student, dls)
         return torch.cuda.max_memory_allocated() - base
-    weights = [t for m in (teacher, student) for t in (*m.parameters(), *m.buffers())]
+    weights = [t for m in (teacher, student, *_VITS.values()) for t in (*m.parameters(), *m.buffers())]
     with TensorMemory(weights) as tm: run_config(name, teacher, student, dls)
     return tm.peak
 
@@ -227,6 +235,7 @@ def half_precision(device, times)->dict:
         teacher = statistics.median(per_round(times, f'teacher-{tag}', ['teacher'])) if f'teacher-{tag}' in times else None
         verdict = 'helps' if soft < 0.97 * soft32 else 'slower' if soft > 1.03 * soft32 else 'same'
         out[str(dtype).replace('torch.', '')] = dict(soft=soft, soft_float32=soft32, teacher=teacher, verdict=verdict)
+    from fasterai_distill.callback.teachers import auto_teacher_dtype  # what the callback's teacher_dtype='auto' picks
     auto = auto_teacher_dtype(device)
     out['auto'] = str(auto).replace('torch.', '') if auto else 'float32'
     return out
@@ -254,19 +263,20 @@ def report(device, times, mem, phases=None, bs=32, size=64)->dict:
     print(f"| configuration | ms / batch | peak memory (MiB) |")
     print(f"|---|---|---|")
     for c in times: print(f"| {c} | {t[c]*1e3:.1f} | {mem[c]/2**20:.0f} |")
-    base_m = mem['student'] + mem['teacher']
-    print(f"\nRatios to the fp32 limit, student training + fp32 teacher inference, measured in the same run. Time: the median "
+    limit_m = lambda c: mem[BASELINE.get(c, 'student')] + mem['teacher']
+    print(f"\nRatios to the fp32 limit, student training + fp32 teacher inference (the -vit rows: the ViT student's training), "
+          f"measured in the same run. Time: the median "
           f"of the ratios measured within each round (the configurations of a round run seconds apart, so the machine's "
           f"slow swings cancel out), with the middle half and the whole range of those ratios:\n")
     print(f"| configuration | time / (student + teacher) | middle half of rounds | all rounds | peak memory / (student + teacher) | peak memory / student |")
     print(f"|---|---|---|---|---|---|")
-    for c in [c for c in times if c not in ('student', 'teacher')]:
-        rounds = per_round(times, c, ['student', 'teacher'])
+    for c in [c for c in times if c not in ('student', 'teacher', *BASELINE.values())]:
+        rounds = per_round(times, c, [BASELINE.get(c, 'student'), 'teacher'])
         q1, _, q3 = statistics.quantiles(rounds, n=4, method='inclusive') if len(rounds) > 1 else rounds * 3
         print(f"| {c} | {statistics.median(rounds):.3f} | {q1:.2f}-{q3:.2f} | {rounds[0]:.2f}-{rounds[-1]:.2f} "
-              f"| {mem[c]/base_m:.3f} | {mem[c]/mem['student']:.3f} |")
+              f"| {mem[c]/limit_m(c):.3f} | {mem[c]/mem[BASELINE.get(c, 'student')]:.3f} |")
         out['ratios'][c] = dict(time=statistics.median(rounds), time_middle_half=[q1, q3], time_range=[rounds[0], rounds[-1]],
-                                memory=mem[c] / base_m, memory_vs_student=mem[c] / mem['student'])
+                                memory=mem[c] / limit_m(c), memory_vs_student=mem[c] / mem[BASELINE.get(c, 'student')])
         if c.startswith('teacher-'): out['ratios'][c]['vs_float32_teacher'] = statistics.median(per_round(times, c, ['teacher']))
     dtypes = [torch.float32, torch.bfloat16] + ([torch.float16] if any(c.endswith('-fp16') for c in times) else [])
     rates = {d: matmul_rate(device, d) for d in dtypes}

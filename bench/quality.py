@@ -4,6 +4,7 @@ without and with each loss. Produces the table of the "Choosing a loss" guide (n
 
     python bench/quality.py                 # the committed results: 3 seeds, writes bench/quality_results.json
     python bench/quality.py --seeds 5 --out /tmp/q.json
+    python bench/quality.py --vit           # the vision-transformer table: writes bench/quality_vit_results.json
 
 Setup (`fasterai_distill.demo`): the teacher (7-conv CNN, 293k parameters) is trained once on the whole training
 split (1,077 images); the student (3-conv CNN, 24k parameters) is trained on `--n-train` labelled images (100) for
@@ -27,6 +28,16 @@ Layers: Attention, FitNet, MMD pair the outputs of `block1` (32 ch, 8x8) and `bl
 (`match_feature_layers`); ActivationBoundaries the pre-ReLU BatchNorm outputs of those blocks (`block1.1`/`block2.1`
 in the student, `block1.1.1`/`block2.1.1` in the teacher); the relation losses Similarity, PKT, RKD the penultimate
 embeddings (`flatten`: 64-d student, 128-d teacher).
+
+Vision transformers (`--vit`, the table of the "Distilling into a vision transformer" tutorial): the same teacher,
+and a tiny ViT student from timm (`vit_tiny_patch16_224` with 8x8 images in 2x2 patches, a 4x4 grid of 48-d tokens,
+4 blocks of 4 heads, MLP ratio 2: 77k parameters; `deit_tiny_distilled_patch16_224` the same with a distillation
+token and head), trained on the whole training split (`--vit-n-train`, 1,077 images) for `--vit-epochs` (30) epochs
+of `fit_one_cycle` at lr `--vit-lr` (3e-3), batches of 64, 3 seeds (initialisation and data order), every
+distillation at weight 0.5 (DeiT's), no grid search: no distillation; SoftTarget (T=4, the CNN table's choice) on the
+ViT's class head; the distillation token (`distill_token=True`) with SoftTarget and with HardTarget; and FitNet from
+the teacher's `block2` (64 channels, 4x4) to the ViT's last block `blocks.3` (its tokens laid out on their 4x4 grid,
+48 channels) through an adapter (`adapters=True`: a 1x1 convolution 48 -> 64 with BatchNorm).
 """
 import argparse, datetime, itertools, json, math, platform, sys, time
 from functools import partial
@@ -120,6 +131,39 @@ def run_students(dls_by_seed, teacher, loss, weight, args):
             alone[k]['valid'] += r['valid']; alone[k]['test'] += r['test']
     return at_once, alone
 
+VIT = dict(img_size=8, patch_size=2, in_chans=1, num_classes=10, embed_dim=48, depth=4, num_heads=4, mlp_ratio=2)
+# row -> (with a distillation token, loss, (student layers, teacher layers), more callback arguments)
+VIT_ROWS = {
+    'No distillation (ViT)':                     (False, None, None, {}),
+    'SoftTarget on the class head (ViT)':        (False, partial(SoftTarget, T=4), None, {}),
+    'Distillation token, SoftTarget (DeiT)':     (True, partial(SoftTarget, T=4), None, {}),
+    'Distillation token, HardTarget (DeiT)':     (True, HardTarget, None, {}),
+    'FitNet, block2 -> blocks.3 + adapter (ViT)': (False, FitNet, (['blocks.3'], ['block2']), dict(adapters=True)),
+}
+
+def vit_student(seed, token=False):
+    "The tiny timm ViT of the ViT table (with `token`: the DeiT with a distillation token and head)"
+    import timm
+    torch.manual_seed(seed)
+    return timm.create_model('deit_tiny_distilled_patch16_224' if token else 'vit_tiny_patch16_224', pretrained=False, **VIT)
+
+def run_vit(teacher, args):
+    "Each row of the ViT table: valid and test accuracies over the seeds"
+    res = {}
+    pbar = progress_bar(list(VIT_ROWS.items()))
+    for name, (token, loss, layers, kwargs) in pbar:
+        pbar.comment = name
+        valid, test = [], []
+        for seed in range(args.seeds):
+            dls = digits_dls(args.vit_n_train, bs=args.vit_bs, seed=seed)
+            cb = None if loss is None else KnowledgeDistillationCallback(teacher, loss, *(layers or (None, None)), weight=0.5,
+                                                                        distill_token=token, **kwargs)
+            learn = train_digits(vit_student(seed, token), dls, args.vit_epochs, args.vit_lr, cb, seed)
+            with learn.no_bar(), learn.no_logging():
+                valid.append(float(learn.validate(ds_idx=1)[1])); test.append(float(learn.validate(ds_idx=2)[1]))
+        res[name] = dict(valid=valid, test=test)
+    return res
+
 def mean_std(xs):
     m = sum(xs) / len(xs)
     return m, (sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) ** 0.5 if len(xs) > 1 else 0.
@@ -133,8 +177,14 @@ def main(argv=None):
     p.add_argument('--teacher-epochs', type=int, default=15, help='teacher epochs (default 15)')
     p.add_argument('--lr', type=float, default=1e-2, help='max learning rate (default 1e-2)')
     p.add_argument('--threads', type=int, default=1, help='torch threads (default 1: these tiny models are fastest on one)')
-    p.add_argument('--out', default='bench/quality_results.json', help='results file (default bench/quality_results.json)')
+    p.add_argument('--out', default=None, help='results file (default bench/quality_results.json; with --vit bench/quality_vit_results.json)')
+    p.add_argument('--vit', action='store_true', help='only the vision-transformer table (needs timm)')
+    p.add_argument('--vit-n-train', type=int, default=None, help="ViT table: labelled training images (default: the whole training split)")
+    p.add_argument('--vit-epochs', type=int, default=30, help='ViT table: epochs (default 30)')
+    p.add_argument('--vit-lr', type=float, default=3e-3, help='ViT table: max learning rate (default 3e-3)')
+    p.add_argument('--vit-bs', type=int, default=64, help='ViT table: batch size (default 64)')
     args = p.parse_args(argv)
+    if args.out is None: args.out = 'bench/quality_vit_results.json' if args.vit else 'bench/quality_results.json'
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
 
@@ -142,6 +192,7 @@ def main(argv=None):
     teacher = teacher_learn.model.eval()
     with teacher_learn.no_bar(), teacher_learn.no_logging():
         teacher_acc = dict(valid=float(teacher_learn.validate(ds_idx=1)[1]), test=float(teacher_learn.validate(ds_idx=2)[1]))
+    if args.vit: return main_vit(teacher, teacher_acc, args, argv, start)
     # By default each seed draws its own labelled subset: the spread covers the choice of images, not only the initialisation
     dls_by_seed = {s: digits_dls(args.n_train, seed=s if args.data_seed is None else args.data_seed) for s in range(args.seeds)}
 
@@ -200,6 +251,33 @@ def main(argv=None):
     with open(args.out, 'w') as f: json.dump(out, f, indent=1)
     print(f"\nTeacher: test {100*teacher_acc['test']:.1f} %, valid {100*teacher_acc['valid']:.1f} %. "
           f"Student: {args.n_train} images, {args.seeds} seeds. {out['runtime_s']} s.\n")
+    print(table)
+    print(f"\nWritten to {args.out}")
+
+def main_vit(teacher, teacher_acc, args, argv, start):
+    "The vision-transformer table: run it, print it, write it to `args.out`"
+    results = run_vit(teacher, args)
+    base = mean_std(results['No distillation (ViT)']['test'])[0]
+    rows = []
+    for name, r in results.items():
+        (tm, ts), (vm, vs) = mean_std(r['test']), mean_std(r['valid'])
+        rows.append(dict(row=name, test_mean=tm, test_std=ts, valid_mean=vm, valid_std=vs, delta=tm - base, **r))
+    lines = ["| student, distillation | test accuracy (%) | vs no distillation | valid accuracy (%) | test accuracy per seed (%) |",
+             "|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['row']} | {100*r['test_mean']:.1f} ± {100*r['test_std']:.1f} | {100*r['delta']:+.1f} | "
+                     f"{100*r['valid_mean']:.1f} ± {100*r['valid_std']:.1f} | {', '.join(f'{100*x:.1f}' for x in r['test'])} |")
+    table = '\n'.join(lines)
+    command = 'python bench/quality.py' + (' ' + ' '.join(argv if argv is not None else sys.argv[1:])).rstrip()
+    import timm
+    out = dict(command=command.strip(), date=datetime.date.today().isoformat(), torch=torch.__version__, fastai=fastai.__version__,
+               timm=timm.__version__, python=platform.python_version(), machine=f"{platform.machine()}, {torch.get_num_threads()} torch thread(s)",
+               runtime_s=round(time.perf_counter() - start), seeds=args.seeds, n_train=args.vit_n_train or len(digits_dls().train.dataset),
+               epochs=args.vit_epochs, lr=args.vit_lr, bs=args.vit_bs, weight=0.5, teacher_epochs=args.teacher_epochs,
+               teacher_params=n_params(teacher), student_params=n_params(vit_student(0)), deit_params=n_params(vit_student(0, True)),
+               vit=VIT, teacher_accuracy=teacher_acc, rows=rows, table=table)
+    with open(args.out, 'w') as f: json.dump(out, f, indent=1)
+    print(f"\nTeacher: test {100*teacher_acc['test']:.1f} %. ViT student: {out['n_train']} images, {args.seeds} seeds. {out['runtime_s']} s.\n")
     print(table)
     print(f"\nWritten to {args.out}")
 

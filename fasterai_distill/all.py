@@ -11,11 +11,13 @@ __all__ = []
 from .losses import *
 from .schedule import *
 from .layers import *
+from .tokens import *
 from .students import *
 from .distillation_callback import *
 from .callback.store import *
+from .callback.token import *
 from .viz import *
-from . import losses, schedule, layers, students, distillation_callback, viz
-from .callback import store
+from . import losses, schedule, layers, tokens, students, distillation_callback, viz
+from .callback import store, token
 # Re-export every public name of the modules above (nbdev's own `__all__` for this module would be empty).
-__all__ = [n for m in (losses, schedule, layers, students, distillation_callback, store, viz) for n in m.__all__]
+__all__ = [n for m in (losses, schedule, layers, tokens, students, distillation_callback, store, token, viz) for n in m.__all__]

@@ -24,6 +24,8 @@ from .callback.features import _no_adapter, _float32
 from .callback.cache import *
 from .callback.store import *
 from .callback.table import *
+from .callback.token import DistillToken
+from .tokens import as_token_grid, as_token_grids, laid_out
 
 # %% auto #0
 __all__ = ['WithParts', 'distill_losses', 'LastBatch', 'KnowledgeDistillationCallback', 'get_model_layers', 'get_module_by_name',
@@ -181,9 +183,9 @@ def _scheduled(sched, schedule, pct:float)->float:
                          "multiplies `weight`: scale `weight` instead (e.g. `SchedLin(0, 1)` rather than `SchedLin(0, 2)`).")
     return float(w)
 
-def _positions_to_names(student, teacher, xb, s_pos, t_pos):
+def _positions_to_names(student, teacher, xb, s_pos, t_pos, grids=(None, None)):
     "The layer names at positions `s_pos`/`t_pos` of what `match_feature_layers` finds for the pair (one dummy forward each)"
-    m = match_feature_layers(student, teacher, xb)
+    m = match_feature_layers(student, teacher, xb, student_grid=grids[0], teacher_grid=grids[1])
     n = len(m['student'])
     if not all(-n <= i < n for i in [*s_pos, *t_pos]):
         pairs = ', '.join(f"{s!r}<->{t!r}" for s, t in zip(m['student'], m['teacher'])) or 'none'
@@ -246,6 +248,9 @@ class KnowledgeDistillationCallback(WithParts, LastBatch):
         student_head:str=None, # Name of the student's head: applied to the teacher's `teacher_head_input` output, it gives the loss `head_pred`
         teacher_head_input:str=None, # Name of the teacher layer whose output feeds the student's head (no second teacher forward)
         cache_topk:int=None, # With `cache_teacher`: keep only the k largest logits of each item (the rest of the probability spread evenly); None: all
+        student_grid=None, # How the student's tokens lie on the image, `(h, w)` or `(h, w, prefix)`, for a transformer that does not say it (timm's ViTs do)
+        teacher_grid=None, # The same for the teacher (one grid, or one per teacher)
+        distill_token:bool=False, # The student's training forward returns (class logits, distillation logits), as timm's distilled DeiTs do: the task loss gets the first, `loss` the second
     ):
         models, self.several = _as_teachers(teacher)
         _check_options(loss, student_head, teacher_head_input, cache_teacher, cache_topk)
@@ -263,6 +268,8 @@ class KnowledgeDistillationCallback(WithParts, LastBatch):
         self.cache = cache_part(cache_teacher, self.teachers, cache_topk)
         self.teacher_run = TeacherForward(self)
         self.table = DistillTable(self)
+        self.student_grid, self.teacher_grids = as_token_grid(student_grid, 'student_grid'), as_token_grids(teacher_grid, len(models))
+        self.token = DistillToken() if distill_token else None
         self._init_state()
 
     def _init_state(self):
@@ -270,7 +277,7 @@ class KnowledgeDistillationCallback(WithParts, LastBatch):
         if 'teachers' not in self.__dict__: self.teacher = self.teachers = None  # loaded from an export: no teacher
 
     @property
-    def parts(self): return [p for p in (self.teacher_run, self.features, self.adapter_part, self.cache, self.table) if p is not None]
+    def parts(self): return [p for p in (self.teacher_run, self.features, self.adapter_part, self.cache, self.table, self.token) if p is not None]
 
     @property
     def adapters(self):
@@ -307,7 +314,7 @@ class KnowledgeDistillationCallback(WithParts, LastBatch):
         "Layer positions to names, on the first batch (one dummy forward of the student and of the teacher)"
         students = students_of(self.learn.model)
         if len(students) > 1: raise ValueError("Layer positions pick layers for one student: with `Students`, give layer names.")
-        s, t = _positions_to_names(students[0], self.teachers.models[0], self.learn.xb, self.positions, self._t_positions)
+        s, t = _positions_to_names(students[0], self.teachers.models[0], self.learn.xb, self.positions, self._t_positions, (self.student_grid, self.teacher_grids[0]))
         self.activations_student, self.activations_teacher, self.positions = s, t, None
         self.features.names = s
         self.teachers.set_layers([t]); self._place_teachers()
@@ -322,19 +329,22 @@ class KnowledgeDistillationCallback(WithParts, LastBatch):
             if self.learn.iter == 0: self.watch.check(self.learn.epoch)  # one sync per epoch, on its first batch
             if self.cache is not None: preds, fm_ts, heads = self.cache.store(preds, fm_ts, heads, xb)  # at the teachers' precision, as later reads give them
         if self.teachers.run_dtype is not None: preds, fm_ts, heads = _float32(preds, fm_ts, heads)  # whatever precision the teachers ran at
+        fm_ts = laid_out(fm_ts, self.teachers.models, xb, self.teacher_grids, 'teacher')  # transformer tokens on their grids
         self.teacher_preds, self.fm_ts, self.teacher_heads = preds, fm_ts, heads
 
     def after_pred(self):
         "The students' features, adapted to the teachers' (and, with `student_head`, the head on the teachers' features)"
         n, f = len(self.learn.pred) if isinstance(self.learn.pred, StudentOutputs) else 1, self.features
         adapt = _no_adapter if self.adapter_part is None else self.adapter_part.adapt
-        self.fm_ss = adapted_features(f.stored if f is not None and f.names else [{}] * n, self.fm_ts, adapt)
+        students = students_of(self.learn.model)
+        fm_s = laid_out(f.stored, students, self.learn.xb, [self.student_grid] * len(students)) if f is not None and f.names else [{}] * n
+        self.fm_ss = adapted_features(fm_s, self.fm_ts, adapt)
         self.head_preds = (heads_on_teacher_features(f.heads, f.head_inputs, self.teacher_heads, adapt, self.output_fn, (self.student_head, self.teacher_head_input))
                            if self.student_head else [[None] * len(self.fm_ts)] * n)
 
     def after_loss(self):
         # Still inside `MixedPrecision`'s autocast region (its `after_loss` comes later): compute the losses in float32.
-        pred = self.learn.pred
+        pred = self.learn.pred if self.token is None else self.token.distill_pred  # a DeiT's distillation head, with `distill_token`
         preds = [self.output_fn(p) for p in pred] if isinstance(pred, StudentOutputs) else [self.output_fn(pred)]
         task = self.learn.loss_grad
         with torch.autocast(task.device.type, enabled=False):

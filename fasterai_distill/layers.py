@@ -16,6 +16,7 @@ from fastcore.basics import listify
 from fastai.torch_core import to_device
 from fastai.callback.hook import Hooks
 from .core import add_param_docs
+from .tokens import token_grid
 
 # %% auto #0
 __all__ = ['get_model_layers', 'get_module_by_name', 'unwrap_model', 'find_layers', 'check_layer_names', 'match_feature_layers']
@@ -126,13 +127,19 @@ def _eval_mode(model):
     finally:
         for m, training in modes: m.training = training
 
-def _candidates(model, xb, pick):
-    "Map each spatial resolution to the module of `model` chosen by `pick`"
+def _resolution(out, grid):
+    "The spatial size of a module's output: the last two dims of a 4-D map, the grid of tokens on `grid`, else None"
+    if not isinstance(out, Tensor): return None
+    if out.ndim == 4: return tuple(out.shape[-2:])
+    if out.ndim == 3 and grid is not None and out.shape[1] in (grid.n_tokens, grid.h * grid.w): return (grid.h, grid.w)
+    return None
+
+def _candidates(model, xb, pick, grid=None):
+    "Map each spatial resolution to the module of `model` chosen by `pick`; token outputs count at their grid's resolution"
     named = [(n, m) for n, m in model.named_modules() if n and not _is_skipped(m)]
     idx = {id(m): i for i, (_, m) in enumerate(named)}
     calls = []   # (module index, resolution or None) in the order outputs are produced
-    def _record(m, inp, out):
-        calls.append((idx[id(m)], tuple(out.shape[-2:]) if isinstance(out, Tensor) and out.ndim == 4 else None))
+    def _record(m, inp, out): calls.append((idx[id(m)], _resolution(out, grid)))
     with _eval_mode(model), torch.no_grad(), Hooks([m for _, m in named], _record):
         p = next(model.parameters(), None)
         model(*(to_device(xb, p.device) if p is not None else xb))
@@ -156,12 +163,15 @@ def match_feature_layers(
     teacher_model:nn.Module,  # Teacher model
     sample_input:Tensor,      # A batch of input (a tensor, or a tuple of them) such as `dls.one_batch()[0]`
     pick:str='shallow',       # Module per resolution: 'shallow' (highest in the module tree), 'first' or 'last' to run
+    student_grid=None,        # How the student's tokens lie on the image, `(h, w)` or `(h, w, prefix)`, if it does not say it (timm's ViTs do)
+    teacher_grid=None,        # The same for the teacher
 )->dict[str, list[str]]:
     "One student and one teacher layer per shared spatial resolution, from the largest resolution to the smallest"
     if pick not in ('shallow', 'first', 'last'): raise ValueError(f"`pick` must be 'shallow', 'first' or 'last', got {pick!r}")
     xb = tuple(sample_input) if isinstance(sample_input, (tuple, list)) else (sample_input,)
-    s = _candidates(unwrap_model(student_model), xb, pick)
-    t = _candidates(unwrap_model(teacher_model), xb, pick)
+    img_size = tuple(xb[0].shape[-2:]) if isinstance(xb[0], Tensor) else None
+    s = _candidates(unwrap_model(student_model), xb, pick, token_grid(student_model, img_size, student_grid))
+    t = _candidates(unwrap_model(teacher_model), xb, pick, token_grid(teacher_model, img_size, teacher_grid))
     shared = sorted((r for r in s.keys() & t.keys() if r != (1, 1)), key=lambda r: (r[0]*r[1], r), reverse=True)
     return {'student': [s[r] for r in shared], 'teacher': [t[r] for r in shared]}
 

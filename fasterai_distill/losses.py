@@ -15,8 +15,8 @@ from .core import add_param_docs
 
 # %% auto #0
 __all__ = ['callback_keywords', 'strict_keywords', 'check_loss_keywords', 'SoftTarget', 'SoftEntropy', 'Logits', 'Mutual',
-           'DecoupledKD', 'Attention', 'FitNet', 'ActivationBoundaries', 'MMD', 'FeatureL1', 'FeatureL2', 'Similarity',
-           'PKT', 'RKD', 'CombinedLoss']
+           'DecoupledKD', 'HardTarget', 'Attention', 'FitNet', 'ActivationBoundaries', 'MMD', 'FeatureL1', 'FeatureL2',
+           'Similarity', 'PKT', 'RKD', 'CombinedLoss']
 
 # %% ../nbs/00_losses.ipynb #72332101
 def _float32(x: Tensor) -> Tensor:
@@ -237,6 +237,17 @@ def DecoupledKD(pred: Tensor,                 # Student logits
     tckd = _kl_rows(torch.cat([log_pt.gather(-1, y), rest_t], -1), torch.cat([log_ps.gather(-1, y), rest_s], -1)).mean()
     return T**2 * (alpha * tckd + beta * nckd)
 
+# %% ../nbs/00_losses.ipynb #cc6e5d75
+@strict_keywords
+def HardTarget(pred: Tensor,          # Student logits
+               teacher_pred: Tensor,  # Teacher logits, same shape as `pred`: only their arg-max is used
+               class_dim: int = 1,    # Dimension of `pred` holding the classes
+               **kwargs               # The callback's other keywords (`callback_keywords`), unused
+) -> Tensor:
+    "DeiT's hard-label distillation (Touvron et al. 2021): cross-entropy of the student against the teacher's arg-max class, batch mean"
+    s, t = _logit_rows(pred, teacher_pred, 'HardTarget', class_dim)
+    return F.cross_entropy(s, t.argmax(-1))
+
 # %% ../nbs/00_losses.ipynb #62178fd3
 def _attention_map(f: Tensor, p: float, name: str) -> Tensor:
     "Channel mean of |f|^p: `(B,C,H,W)` → `(B,H,W)`, tokens `(B,N,C)` → `(B,N)`"
@@ -455,5 +466,5 @@ class CombinedLoss:
         return f"{type(self).__name__}({' + '.join(f'{w:g}*{_loss_repr(l)}' for w, l in zip(self.weights, self.losses))})"
 
 # %% ../nbs/00_losses.ipynb #387daf88
-for _o in (SoftTarget, SoftEntropy, Logits, Mutual, DecoupledKD, Attention, FitNet, ActivationBoundaries, MMD, FeatureL1,
+for _o in (SoftTarget, SoftEntropy, Logits, Mutual, DecoupledKD, HardTarget, Attention, FitNet, ActivationBoundaries, MMD, FeatureL1,
            FeatureL2, Similarity, PKT, RKD, CombinedLoss, strict_keywords, check_loss_keywords): add_param_docs(_o)

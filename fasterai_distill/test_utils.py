@@ -6,17 +6,22 @@ Docs: https://fasterai-labs.github.io/fasterai_distill/test_utils.html.md"""
 
 # %% ../nbs/97_test_utils.ipynb #c9fcbffa
 from __future__ import annotations
-import json, pathlib, textwrap, zipfile
+import io, json, math, pathlib, tempfile, textwrap, traceback, zipfile
+import numpy as np
 import torch
 from torch import nn
 from fastai.callback.core import Callback, CancelFitException
 from fastai.callback.training import GradientAccumulation
 from fastai.data.core import DataLoaders, TfmdLists
 from fastai.data.load import DataLoader
+from fastai.callback.progress import ProgressCallback
+from fastcore.test import test_eq
 
 # %% auto #0
-__all__ = ['tiny_cnn', 'n_hooks', 'modes', 'tiny_dls', 'img_dls', 'Probe', 'GrabLoss', 'GrabBoth', 'CountingTeacher', 'Exploding',
-           'CPUAutocast', 'export_tensors', 'bench_results', 'machine_line', 'bench_source']
+__all__ = ['KD_COLUMNS', 'tiny_cnn', 'n_hooks', 'modes', 'tiny_dls', 'img_dls', 'img_cnn', 'tiny_timm', 'Probe', 'GrabLoss',
+           'GrabBoth', 'CountingTeacher', 'Exploding', 'CPUAutocast', 'export_tensors', 'bench_results', 'machine_line',
+           'bench_source', 'TeacherSpy', 'spy', 'distill_names', 'Watch', 'state_copy', 'distill_flags', 'snapshot',
+           'hooks_left', 'check_invariants', 'column', 'raises']
 
 # %% ../nbs/97_test_utils.ipynb #31daded5
 def tiny_cnn(width:int=8, seed:int=0)->nn.Sequential:
@@ -48,6 +53,19 @@ def img_dls(n:int=48, bs:int=16, size:int=32, n_out:int=10, seed:int=0)->DataLoa
     x, y = torch.randn(n, 3, size, size, generator=g), torch.randint(0, n_out, (n,), generator=g)
     train, valid = (TfmdLists(list(zip(x[s], y[s])), None) for s in (slice(0, n - bs), slice(n - bs, n)))
     return DataLoaders(DataLoader(train, bs=bs, shuffle=True, drop_last=True), DataLoader(valid, bs=bs))
+
+def img_cnn(width:int=8, n_out:int=10, seed:int=0)->nn.Sequential:
+    "Two stride-2 conv blocks, pooled, then a linear layer: layers '2' and '5' give (width, 16, 16) and (2*width, 8, 8) maps of 32x32 images"
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(3, width, 3, stride=2, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
+                         nn.Conv2d(width, 2 * width, 3, stride=2, padding=1), nn.BatchNorm2d(2 * width), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2 * width, n_out))
+
+def tiny_timm(arch:str='vit_tiny_patch16_224', seed:int=0, **kwargs)->nn.Module:
+    "A timm transformer with random weights, small by default: 32x32 images in 8x8 patches (a 4x4 grid), 32-d, one block, 10 classes; `kwargs` override (needs timm)"
+    import timm  # a test dependency only: the library works without it
+    torch.manual_seed(seed)
+    return timm.create_model(arch, pretrained=False, **(dict(img_size=32, patch_size=8, embed_dim=32, depth=1, num_heads=2, num_classes=10) | kwargs))
 
 # %% ../nbs/97_test_utils.ipynb #7da86420
 class Probe(Callback):
@@ -118,3 +136,184 @@ def bench_source(res:dict, width:int=110)->str: # A results file of `bench/`
     "The command that wrote `res`, when, and on what machine: to print beside its figures"
     took = f", {res['runtime_s'] / 60:.0f} min" if 'runtime_s' in res else ''
     return f"$ {res['command']}\n" + textwrap.fill(f"{res['date']}{took}; {machine_line(res)}", width)
+
+# %% ../nbs/97_test_utils.ipynb #09896dad
+class TeacherSpy:
+    "Counts the forwards of `teacher`; `bad` lists those run with a module in train mode or with grad enabled"
+    def __init__(self, teacher):
+        self.calls, self.bad = 0, []
+        self.handle = teacher.register_forward_pre_hook(self.hook)
+    def hook(self, module, args):
+        self.calls += 1
+        training = [n or 'the root' for n, m in module.named_modules() if m.training]
+        if training or torch.is_grad_enabled():
+            self.bad.append(f"forward {self.calls}: grad enabled={torch.is_grad_enabled()}, modules in train mode: {training}")
+
+_spies = {}  # id -> (teacher, its spy): holding the teacher keeps its id from being reused
+def spy(teacher):
+    "The one `TeacherSpy` of `teacher`"
+    if id(teacher) not in _spies: _spies[id(teacher)] = (teacher, TeacherSpy(teacher))
+    return _spies[id(teacher)][1]
+
+def distill_names(names): return [n for n in names if n.startswith(('task_loss', 'distill_'))]
+
+class Watch(Callback):
+    "Passed to a workflow's fits: the teachers' forwards per batch, and what no training batch may see"
+    order, run_valid = -100, True  # first at every event: its `before_batch` runs before anything can call a teacher
+    def __init__(self, *teachers): self.spies, self.batches, self.problems, self.seen = [spy(t) for t in teachers], [], [], {}
+    def before_batch(self):
+        self.batches.append(dict(epoch=self.epoch, training=self.training, start=[s.calls for s in self.spies], done=False))
+    def after_batch(self):
+        self.batches[-1]['done'] = True
+        if not self.training: return
+        names = distill_names([getattr(m, 'name', '') for m in self.learn.metrics])
+        if names: self._problem(f"distillation columns in learn.metrics: {names}")
+        model = {id(p) for p in self.learn.model.parameters()}
+        extra = [p for p, *_ in self.learn.opt.all_params() if id(p) not in model]
+        if extra: self._problem(f"learn.opt holds {len(extra)} parameters that are not the model's")
+    def _problem(self, what):
+        if what not in self.seen: self.seen[what] = len(self.problems); self.problems.append([what, len(self.batches) - 1, 0])
+        self.problems[self.seen[what]][2] += 1
+    def report(self): return [f"{what} (training batches: {n}, the first: batch {i})" for what, i, n in self.problems]
+    def calls_per_batch(self):
+        "Forwards of each teacher in each batch, from its start to the start of the next batch (or now)"
+        ends = [b['start'] for b in self.batches[1:]] + [[s.calls for s in self.spies]]
+        return [[e - s for s, e in zip(b['start'], end)] for b, end in zip(self.batches, ends)]
+
+# %% ../nbs/97_test_utils.ipynb #557f5dda
+KD_COLUMNS = ['task_loss', 'distill_loss', 'distill_weight']
+
+def state_copy(m:nn.Module)->dict: return {k: v.detach().clone() for k, v in m.state_dict().items()}
+def _hooks(m): return [*m._forward_hooks, *m._forward_pre_hooks]
+def distill_flags(model:nn.Module)->list: return [m.distilled_training for m in model.modules() if hasattr(m, 'distilled_training')]
+
+def snapshot(learn, *teachers, like=None):
+    "What a workflow must leave as it was; `like`: an earlier snapshot whose teachers, metrics and callbacks are still the reference"
+    res = dict(learn=learn, teachers=teachers, spies=[spy(t) for t in teachers], calls=[spy(t).calls for t in teachers],
+               t_state=[state_copy(t) for t in teachers], t_modes=[modes(t) for t in teachers],
+               t_requires_grad=[[p.requires_grad for p in t.parameters()] for t in teachers],
+               s_state=state_copy(learn.model), s_flags=distill_flags(learn.model), metrics=list(learn.metrics), cbs=list(learn.cbs))
+    if like is not None: res.update({k: like[k] for k in ('t_state', 't_modes', 't_requires_grad', 'metrics', 'cbs')})
+    return res
+
+def _same_objects(now, before, what, show=repr):
+    "`now` holds the very objects of `before`, in the same order (`no_bar` puts a new `ProgressCallback` back, at the end: fastai's own doing)"
+    now, before = list(now), list(before)
+    progress = lambda xs: [o for o in xs if type(o) is ProgressCallback]
+    rest = lambda xs: [o for o in xs if type(o) is not ProgressCallback]
+    if len(progress(now)) == len(progress(before)) and len(rest(now)) == len(rest(before)) and all(a is b for a, b in zip(rest(now), rest(before))): return
+    added, removed = [show(o) for o in now if not any(o is b for b in before)], [show(o) for o in before if not any(o is a for a in now)]
+    raise AssertionError(f"{what} was {[show(o) for o in before]}, is {[show(o) for o in now]}" + (f": added {added}" if added else '') +
+                         (f", removed {removed}" if removed else '') + ('' if added or removed else ' (other order)'))
+
+def hooks_left(model, ours=()):
+    "Forward hooks and pre-hooks on the modules of `model`, by module name, other than the handle ids `ours`"
+    return {n or '(root)': h for n, m in model.named_modules() if (h := [k for k in _hooks(m) if k not in ours])}
+
+# %% ../nbs/97_test_utils.ipynb #2f73ad25
+def check_invariants(before, # What `snapshot` took before the workflow
+                     watch=None, # The `Watch` passed to the workflow's fits; None: it ran no training, so no teacher forward at all
+                     calls=1, # Forwards of each teacher per training batch: a number, or a function of the epoch
+                     trained=True, # Whether the student's weights must have changed (False: must not; None: not checked)
+                     columns=KD_COLUMNS, # Distillation columns of the last fit's table ([]: none; None: not checked)
+                    ):
+    "Check every invariant of a workflow; raise one `AssertionError` listing all those broken"
+    learn, problems = before['learn'], []
+    def check(what, f):
+        try: f()
+        except Exception as e:
+            last = traceback.extract_tb(e.__traceback__)[-1]  # where an exception without a message came from
+            problems.append(f"{what}: {type(e).__name__}: {e}" + ('' if str(e) else f" (at {last.filename}:{last.lineno})"))
+
+    check("learn.lock released", lambda: test_eq(learn.lock.locked(), False))
+    def teachers():
+        for i, t in enumerate(before['teachers']):
+            state = t.state_dict()
+            changed = [k for k, v in before['t_state'][i].items() if not torch.equal(state[k], v)]
+            assert not changed, f"teacher {i}: weights or BatchNorm statistics changed: {changed}"
+            assert all(p.grad is None for p in t.parameters()), f"teacher {i} has .grad"
+            assert [p.requires_grad for p in t.parameters()] == before['t_requires_grad'][i], f"teacher {i}: requires_grad changed"
+            now = modes(t)
+            moved = [n or '(root)' for (n, _), a, b in zip(t.named_modules(), now, before['t_modes'][i]) if a != b]
+            if len(moved) > 6: moved = moved[:6] + [f"... ({len(moved)} of its {len(now)} modules)"]
+            assert not moved, f"teacher {i}: modules not in the train/eval mode they were in: {moved}"
+            assert not before['spies'][i].bad, f"teacher {i} trained: {before['spies'][i].bad}"
+    check("the teachers never train", teachers)
+
+    def forwards():
+        now = [s.calls for s in before['spies']]
+        if watch is None: return test_eq(now, before['calls'])
+        per_epoch = calls if callable(calls) else (lambda epoch: calls)
+        assert watch.batches, "no batch ran"
+        test_eq(watch.batches[0]['start'], before['calls'])  # no forward before the first batch
+        for i, (b, n) in enumerate(zip(watch.batches, watch.calls_per_batch())):
+            want = per_epoch(b['epoch']) if b['training'] else 0
+            kind = f"{'training' if b['training'] else 'validation'} batch {i} (epoch {b['epoch']})"
+            if b['done']: assert all(c == want for c in n), f"{kind}: {n} teacher forwards, expected {want}"
+            else: assert all(c <= want for c in n), f"{kind} (interrupted): {n} teacher forwards, expected at most {want}"
+    check("one teacher forward per training batch, none in validation", forwards)
+    if watch is not None: check("during training: learn.metrics and learn.opt untouched", lambda: test_eq(watch.report(), []))
+
+    def hooks():
+        ours = {s.handle.id for s in before['spies']}
+        left = {'student': hooks_left(learn.model), **{f'teacher {i}': hooks_left(t, ours) for i, t in enumerate(before['teachers'])}}
+        left = {k: v for k, v in left.items() if v}
+        assert not left, f"hooks left: {left}"
+        from torch.nn.modules import module
+        assert not module._global_forward_hooks and not module._global_forward_pre_hooks, "global forward hooks left"
+    check("no hooks left", hooks)
+    check("learn.metrics unchanged", lambda: _same_objects(learn.metrics, before['metrics'], 'learn.metrics', lambda m: getattr(m, 'name', m)))
+    check("learn.cbs unchanged", lambda: _same_objects(learn.cbs, before['cbs'], 'learn.cbs'))
+    def student_modes():  # fastai sets the mode of the whole student (train, then eval to validate): the callback sets none of it
+        now = modes(learn.model)
+        other = [n for (n, _), m in zip(learn.model.named_modules(), now) if m != learn.model.training]
+        assert not other, f"student modules not in the student's mode ({learn.model.training}): {other}"
+    check("student modules in the student's mode", student_modes)
+    check("the student's distillation heads (`set_distilled_training`) as they were", lambda: test_eq(distill_flags(learn.model), before['s_flags']))
+    def optimizer():
+        if learn.opt is None: return
+        ids = [id(p) for p, *_ in learn.opt.all_params()]
+        model = {id(p) for p in learn.model.parameters()}
+        assert len(ids) == len(set(ids)) and set(ids) == model, \
+            f"learn.opt holds {len(set(ids) - model)} parameters that are not the model's, misses {len(model - set(ids))}"
+    check("the optimizer holds the model's parameters only", optimizer)
+    values = learn.recorder.__dict__.get('values', [])  # a loaded learner has none until a fit starts
+    def table():
+        bad = [row for row in values if not all(isinstance(v, (int, float, np.number, torch.Tensor)) and math.isfinite(float(v)) for v in row)]
+        assert not bad, f"non-finite values: {bad}"
+    if watch is not None: check("the table is finite", table)  # (inference leaves fastai's own `None`s for a learner never trained)
+    def table_columns():
+        names = list(learn.recorder.metric_names)
+        test_eq(distill_names(names), list(columns))
+        if columns: test_eq(names[-len(columns) - 1:], [*columns, 'time'])
+        test_eq(len(set(names)), len(names))
+        for row in values: test_eq(len(row), len(names) - 2)
+    if columns is not None: check("the table's distillation columns", table_columns)
+    def student_trained():
+        state = learn.model.state_dict()
+        changed = [k for k, v in before['s_state'].items() if not torch.equal(state[k], v)]
+        if trained: assert changed, "the student's weights did not change"
+        else: assert not changed, f"the student changed: {changed}"
+    if trained is not None: check("the student trained" if trained else "the student is unchanged", student_trained)
+    check("torch.save(learn.model)", lambda: torch.save(learn.model, io.BytesIO()))
+    def export():
+        dls, opt = learn.dls, learn.opt
+        try:
+            with tempfile.TemporaryDirectory() as d: learn.export(pathlib.Path(d)/'check_export.pkl')
+        finally: learn.dls, learn.opt = dls, opt  # a failed export leaves empty `dls`: keep the learner usable for what follows
+    check("learn.export()", export)
+    if problems: raise AssertionError(f"{len(problems)} invariant(s) broken:\n- " + '\n- '.join(problems))
+
+# %% ../nbs/97_test_utils.ipynb #b7210957
+def column(learn, name):
+    "The values of column `name` of the last fit's table, one per epoch"
+    i = list(learn.recorder.metric_names).index(name) - 1  # `values` rows have no 'epoch'
+    return [row[i] for row in learn.recorder.values]
+
+def raises(f, exc=Exception, contains=''):
+    "Run `f`, which must raise `exc` (a `KeyboardInterrupt` too) with `contains` in its message; return the exception"
+    try: f()
+    except exc as e:
+        assert contains in str(e), f"expected {contains!r} in the message of {e!r}"
+        return e
+    raise AssertionError(f"expected {exc.__name__}, nothing was raised")

@@ -14,6 +14,7 @@ from fastcore.basics import listify
 from fastai.callback.hook import hook_outputs
 from .losses import Attention, _attention_pair
 from .layers import find_layers, match_feature_layers, _eval_mode
+from .tokens import grid_features
 from .distillation_callback import KnowledgeDistillationCallback
 from .core import add_param_docs
 
@@ -23,8 +24,8 @@ __all__ = ['show_layer_matches', 'plot_attention_maps']
 # %% ../nbs/04_viz.ipynb #ef482f6c
 def _device(model): return next(model.parameters(), torch.empty(0)).device
 
-def _features(model:nn.Module, names:list, x:Tensor, role:str)->list[Tensor]:
-    "Outputs of the layers `names` of `model` for the input `x`, from one forward pass"
+def _features(model:nn.Module, names:list, x:Tensor, role:str, grid=None)->list[Tensor]:
+    "Outputs of the layers `names` of `model` for the input `x`, from one forward pass; a transformer's tokens laid out on its grid"
     modules = find_layers(model, names, role)
     with torch.no_grad(), _eval_mode(model), hook_outputs(modules) as hooks:
         model(x.to(_device(model)))
@@ -32,7 +33,7 @@ def _features(model:nn.Module, names:list, x:Tensor, role:str)->list[Tensor]:
     for n, f in zip(names, feats):
         if not isinstance(f, Tensor):
             raise ValueError(f"The {role} layer {n!r} returns a {type(f).__name__}, not a tensor; pick a layer whose output is a feature map.")
-    return feats
+    return list(grid_features(dict(zip(names, feats)), model, tuple(x.shape[-2:]), grid, role).values())
 
 def _from_callback(cb, x, activations_student, activations_teacher, teacher_index):
     "The student, one of the teachers and their layer names, from a `KnowledgeDistillationCallback`"
@@ -45,23 +46,24 @@ def _from_callback(cb, x, activations_student, activations_teacher, teacher_inde
         raise ValueError(f"`teacher_index={teacher_index}`, but the callback has {len(models)} teacher(s): pick 0 to {len(models) - 1}.")
     if activations_student is None and activations_teacher is None:
         activations_student, activations_teacher = cb.activations_student, cb.teachers.layer_names[teacher_index]
-    return cb.learn.model, models[teacher_index], x, activations_student, activations_teacher
+    return cb.learn.model, models[teacher_index], x, activations_student, activations_teacher, (cb.student_grid, cb.teacher_grids[teacher_index])
 
 def _models_and_layers(student, teacher, x, activations_student, activations_teacher, teacher_index=0):
-    "Accept two models or a `KnowledgeDistillationCallback` (then `teacher` holds the input); fill in the layer names"
+    "Accept two models or a `KnowledgeDistillationCallback` (then `teacher` holds the input); fill in the layer names; the token grids"
+    grids = (None, None)  # the models' own (the callback's, when given one)
     if isinstance(student, KnowledgeDistillationCallback):
         if x is not None: raise TypeError("With a callback, call `f(kd_cb, x)`: the input is the second argument.")
-        student, teacher, x, activations_student, activations_teacher = _from_callback(
+        student, teacher, x, activations_student, activations_teacher, grids = _from_callback(
             student, teacher, activations_student, activations_teacher, teacher_index)
     if x is None: raise TypeError("Pass an input batch `x`, e.g. `dls.one_batch()[0]`.")
     if activations_student is None and activations_teacher is None:
-        layers = match_feature_layers(student, teacher, x)
+        layers = match_feature_layers(student, teacher, x, student_grid=grids[0], teacher_grid=grids[1])
         activations_student, activations_teacher = layers['student'], layers['teacher']
         if not activations_student: raise ValueError("The student and the teacher share no spatial resolution: pass the layer names to compare.")
     names_s, names_t = [str(n) for n in listify(activations_student)], [str(n) for n in listify(activations_teacher)]
     if len(names_s) != len(names_t):
         raise ValueError(f"Layers are paired in order: got {len(names_s)} student layers {names_s} and {len(names_t)} teacher layers {names_t}.")
-    return student, teacher, x, names_s, names_t
+    return student, teacher, x, names_s, names_t, grids
 
 # %% ../nbs/04_viz.ipynb #9cc3be95
 def show_layer_matches(
@@ -72,9 +74,9 @@ def show_layer_matches(
     activations_teacher=None,  # Teacher layer name(s), paired in order with `activations_student`
     teacher_index:int=0,       # With a callback that has several teachers: which one to show
 )->pd.DataFrame:
-    "Table of the paired student and teacher layers with the shape of their outputs (batch dimension left out)"
-    student, teacher, x, names_s, names_t = _models_and_layers(student, teacher, x, activations_student, activations_teacher, teacher_index)
-    fs, ft = _features(student, names_s, x[:1], 'student'), _features(teacher, names_t, x[:1], 'teacher')
+    "Table of the paired student and teacher layers with the shape of their outputs as the losses get them (batch dimension left out)"
+    student, teacher, x, names_s, names_t, grids = _models_and_layers(student, teacher, x, activations_student, activations_teacher, teacher_index)
+    fs, ft = _features(student, names_s, x[:1], 'student', grids[0]), _features(teacher, names_t, x[:1], 'teacher', grids[1])
     shape = lambda f: ' × '.join(map(str, f.shape[1:]))
     return pd.DataFrame({'student layer': names_s, 'student output': [shape(f) for f in fs],
                          'teacher layer': names_t, 'teacher output': [shape(f) for f in ft]})
@@ -110,9 +112,9 @@ def plot_attention_maps(
     size:float=1.6,            # Size of one panel, in inches
 )->plt.Figure:
     "Plot the student's and the teacher's attention maps side by side: one row per sample, two columns per layer pair"
-    student, teacher, x, names_s, names_t = _models_and_layers(student, teacher, x, activations_student, activations_teacher, teacher_index)
+    student, teacher, x, names_s, names_t, grids = _models_and_layers(student, teacher, x, activations_student, activations_teacher, teacher_index)
     x = x[:n]
-    fs, ft = _features(student, names_s, x, 'student'), _features(teacher, names_t, x, 'teacher')
+    fs, ft = _features(student, names_s, x, 'student', grids[0]), _features(teacher, names_t, x, 'teacher', grids[1])
     maps = [_normalized_attention(s, t, p) for s, t in zip(fs, ft)]
     loss = Attention(dict(zip(names_s, fs)), dict(zip(names_t, ft)), p=p)
     n, off = len(x), int(show_input)

@@ -107,7 +107,9 @@ class FeatureAdapter(nn.Module):
         s, t = tuple(student_shape), tuple(teacher_shape)
         if len(s) != len(t) or len(s) not in (1, 2, 3):
             raise ValueError(f"Cannot adapt a student feature of shape {s} to a teacher feature of shape {t}: pair "
-                             "feature maps (C,H,W) with feature maps, tokens (N,C) with tokens, vectors (C,) with vectors.")
+                             "feature maps (C,H,W) with feature maps, tokens (N,C) with tokens, vectors (C,) with vectors. A transformer's "
+                             "tokens reach the adapters as maps when its token grid is known: timm's ViTs say it; for another model give "
+                             "it to the callback, `student_grid=(h, w, prefix)` or `teacher_grid=`.")
         self.student_shape, self.teacher_shape = s, t
         if len(s) == 3:
             self.size = t[1:] if s[1:] != t[1:] else None
@@ -117,7 +119,8 @@ class FeatureAdapter(nn.Module):
         else:
             if s[:-1] != t[:-1]:
                 raise ValueError(f"Cannot adapt {s[0]} student tokens to {t[0]} teacher tokens: token features are "
-                                 "mapped channel-wise only; pair layers with the same number of tokens.")
+                                 "mapped channel-wise only; pair layers with the same number of tokens, or give the callback the models' "
+                                 "token grids (`student_grid=`, `teacher_grid=`) so that they are compared as maps.")
             self.size, self.proj = None, nn.Linear(s[-1], t[-1])
 
     def _resize(self, x):
