@@ -15,7 +15,7 @@ the teacher's forwards counted) and `memory` (the in-memory cache, filled in a w
 configurations run seconds apart. Results go to bench/cache_results.json.
 
     python bench/cache.py                      # CPU, 7 rounds (about 4 min on 2 cores)
-    python bench/cache.py --rounds 3           # the committed CPU figures (2 cores of the GPU machine's CPU)
+    python bench/cache.py --rounds 3           # the committed CPU figures
     python bench/cache.py --device cuda --batches 50 --rounds 5 --out bench/cache_results_cuda.json   # the committed GPU ones
 """
 import argparse, datetime, json, platform, shutil, statistics, subprocess, sys, tempfile, time
@@ -29,15 +29,10 @@ from torchvision.models import resnet18, resnet34
 from fasterai_distill.losses import SoftTarget, Attention
 from fasterai_distill.distillation_callback import KnowledgeDistillationCallback
 from fasterai_distill.callback.store import fill_teacher_store, weights_fingerprint
-from common import TrainTimer, steady_malloc, sync, device_name
+from common import machine_info, TrainTimer, steady_malloc, sync, device_name
 
 LAYERS = ['layer2', 'layer3']
 
-def machine()->str:
-    "The CPU's model name, the instruction set torch uses and its threads (a plain string until bench/common.py has `machine_info`)"
-    try: name = next(l.split(':', 1)[1].strip() for l in open('/proc/cpuinfo') if l.startswith('model name'))
-    except (OSError, StopIteration): name = platform.processor() or platform.machine()
-    return f"{name}, {torch.backends.cpu.get_cpu_capability()}, {torch.get_num_threads()} threads"
 def kd_loss(**kw): return SoftTarget(**kw) + Attention(**kw)
 
 def setup(a):
@@ -138,7 +133,7 @@ if __name__ == '__main__':
     res = main(a)
     cmd = ' '.join(['python bench/cache.py', *sys.argv[1:]])
     out = dict(command=cmd, date=str(datetime.date.today()), torch=torch.__version__, python=platform.python_version(),
-               machine=machine(),
+               machine=machine_info(a.device),
                batches=a.batches, bs=a.bs, size=a.size, rounds=a.rounds, runtime_s=time.perf_counter() - t0, results=[res])
     Path(a.out).write_text(json.dumps(out, indent=1) + '\n')
     r, s = res['ratios'], res['second_process']

@@ -241,10 +241,7 @@ def main(argv=None):
         lines.append(f"| {r['loss']} | {r['setting']} | {100*r['test_mean']:.1f} ± {100*r['test_std']:.1f} | "
                      f"{100*r['delta']:+.1f} | {100*r['valid_mean']:.1f} ± {100*r['valid_std']:.1f} |")
     table = '\n'.join(lines)
-    command = 'python bench/quality.py' + (' ' + ' '.join(argv if argv is not None else sys.argv[1:])).rstrip()
-    out = dict(command=command.strip(), date=datetime.date.today().isoformat(), torch=torch.__version__, fastai=fastai.__version__,
-               python=platform.python_version(), machine=machine_info(),
-               runtime_s=round(time.perf_counter() - start), seeds=args.seeds, n_train=args.n_train, data_seed=args.data_seed, epochs=args.epochs,
+    out = dict(**provenance(argv, start), seeds=args.seeds, n_train=args.n_train, data_seed=args.data_seed, epochs=args.epochs,
                teacher_epochs=args.teacher_epochs, lr=args.lr, teacher_params=n_params(teacher),
                student_params=n_params(digits_student()), teacher_accuracy=teacher_acc,
                layers=dict(features=FEATURES, pre_relu=PRE_RELU, embedding=EMBEDDING), rows=rows, table=table)
@@ -253,6 +250,12 @@ def main(argv=None):
           f"Student: {args.n_train} images, {args.seeds} seeds. {out['runtime_s']} s.\n")
     print(table)
     print(f"\nWritten to {args.out}")
+
+def provenance(argv, start)->dict:
+    "The command, date, versions, machine and run time every results file records"
+    command = 'python bench/quality.py' + (' ' + ' '.join(argv if argv is not None else sys.argv[1:])).rstrip()
+    return dict(command=command.strip(), date=datetime.date.today().isoformat(), torch=torch.__version__, fastai=fastai.__version__,
+                python=platform.python_version(), machine=machine_info(), runtime_s=round(time.perf_counter() - start))
 
 def main_vit(teacher, teacher_acc, args, argv, start):
     "The vision-transformer table: run it, print it, write it to `args.out`"
@@ -268,11 +271,8 @@ def main_vit(teacher, teacher_acc, args, argv, start):
         lines.append(f"| {r['row']} | {100*r['test_mean']:.1f} ± {100*r['test_std']:.1f} | {100*r['delta']:+.1f} | "
                      f"{100*r['valid_mean']:.1f} ± {100*r['valid_std']:.1f} | {', '.join(f'{100*x:.1f}' for x in r['test'])} |")
     table = '\n'.join(lines)
-    command = 'python bench/quality.py' + (' ' + ' '.join(argv if argv is not None else sys.argv[1:])).rstrip()
     import timm
-    out = dict(command=command.strip(), date=datetime.date.today().isoformat(), torch=torch.__version__, fastai=fastai.__version__,
-               timm=timm.__version__, python=platform.python_version(), machine=f"{platform.machine()}, {torch.get_num_threads()} torch thread(s)",
-               runtime_s=round(time.perf_counter() - start), seeds=args.seeds, n_train=args.vit_n_train or len(digits_dls().train.dataset),
+    out = dict(**provenance(argv, start), timm=timm.__version__, seeds=args.seeds, n_train=args.vit_n_train or len(digits_dls().train.dataset),
                epochs=args.vit_epochs, lr=args.vit_lr, bs=args.vit_bs, weight=0.5, teacher_epochs=args.teacher_epochs,
                teacher_params=n_params(teacher), student_params=n_params(vit_student(0)), deit_params=n_params(vit_student(0, True)),
                vit=VIT, teacher_accuracy=teacher_acc, rows=rows, table=table)

@@ -11,7 +11,7 @@ student's initialisation and data order; the data, the teacher and the stores ar
     python bench/topk.py                   # the committed results: 3 seeds, writes bench/topk_results.json
     python bench/topk.py --seeds 1 --epochs 2 --out /tmp/topk.json      # a quick check of the script
 """
-import argparse, datetime, json, platform, random, shutil, statistics, sys, tempfile, time
+import argparse, datetime, json, random, shutil, statistics, sys, tempfile, time
 from pathlib import Path
 import numpy as np
 import torch
@@ -24,14 +24,10 @@ from fastai.metrics import accuracy
 from fasterai_distill.losses import SoftTarget, DecoupledKD
 from fasterai_distill.distillation_callback import KnowledgeDistillationCallback
 from fasterai_distill.callback.store import fill_teacher_store
+from common import machine_info
 
 N_CLASSES, KS = 100, [1, 5, 20, None]
 
-def machine()->str:
-    "The CPU's model name, the instruction set torch uses and its threads (a plain string until bench/common.py has `machine_info`)"
-    try: name = next(l.split(':', 1)[1].strip() for l in open('/proc/cpuinfo') if l.startswith('model name'))
-    except (OSError, StopIteration): name = platform.processor() or platform.machine()
-    return f"{name}, {torch.backends.cpu.get_cpu_capability()}, {torch.get_num_threads()} threads"
 LOSSES = {'SoftTarget': SoftTarget, 'DecoupledKD': DecoupledKD}
 
 def make_data(a):
@@ -97,7 +93,7 @@ if __name__ == '__main__':
     try: res = main(a, tmp)
     finally: shutil.rmtree(tmp)
     out = dict(command=' '.join(['python bench/topk.py', *sys.argv[1:]]), date=str(datetime.date.today()), torch=torch.__version__,
-               machine=machine(),
+               machine=machine_info(),
                settings={k: v for k, v in vars(a).items() if k != 'out'}, n_classes=N_CLASSES, runtime_s=time.perf_counter() - t0, **res)
     Path(a.out).write_text(json.dumps(out, indent=1) + '\n')
     print(f"teacher {res['teacher_accuracy']:.3f}; logits bytes per item: {res['logits_bytes_per_item']}; "

@@ -73,7 +73,7 @@ def _hardware(device)->str:
 
 # `python bench/cost.py --isa avx2` (bench/cost_avx2_results.json): distillation with a bfloat16 ResNet-34 teacher, against
 # the float32 limit (student training + float32 teacher inference), on this project's CPU limited to AVX2.
-EMULATED_BF16_COST = 2.3
+EMULATED_BF16_COST = 2.0
 
 def resolve_teacher_dtype(
     dtype, # What `as_teacher_dtype` gives: None, 'auto', `torch.bfloat16` or `torch.float16`
