@@ -1,9 +1,9 @@
 "Pieces shared by the benchmark scripts in `bench/` (run them from the repository root: `python bench/<script>.py`)."
-import os, platform, statistics, sys, time
+import os, statistics, sys, time
 import torch
-import fastai
 from fastai.callback.core import Callback
-from fasterai_distill.test_utils import machine_line  # one rendering of `machine_info()`, shared with the docs pages
+# What a run records about its machine, and one rendering of it: shared with the docs pages, which print it beside figures
+from fasterai_distill.test_utils import machine_info, machine_line, ISA_LIMITS  # noqa: F401 (the scripts import them from here)
 
 def sync(device):
     "Wait for the device's queued work, so wall-clock times cover it (no-op on CPU)"
@@ -35,49 +35,10 @@ def steady_malloc():
     if not sys.platform.startswith('linux') or all(k in os.environ for k in _MALLOC_ENV): return
     _rerun_with(_MALLOC_ENV)
 
-# Instruction sets a run can be limited to, to see on one machine what another CPU gives: oneDNN (convolutions, matrix
-# products, its bfloat16 kernels) and ATen (everything else) read these at start-up. 'avx2': a CPU without AVX-512,
-# hence without bfloat16 or float16 kernels (torch then falls back to slow generic code for those types).
-ISA_LIMITS = {'avx2': {'ONEDNN_MAX_CPU_ISA': 'AVX2', 'ATEN_CPU_CAPABILITY': 'avx2'}}
-
 def limit_isa(isa:str|None):
     "Re-run this script once as a CPU limited to `isa` (a key of `ISA_LIMITS`; None: no-op)"
     if isa: _rerun_with(ISA_LIMITS[isa])
 
-# The CPU flags that say which half-precision instructions the hardware has (and whether it has AVX2 / AVX-512 at all)
-_CPU_FLAGS = ('avx2', 'avx512f', 'avx512_bf16', 'amx_bf16', 'avx512_fp16', 'amx_fp16')
-
-def _cpuinfo()->tuple:
-    "The CPU's model name and flags from /proc/cpuinfo (Linux), else what `platform` says"
-    try:
-        info = dict(l.split(':', 1) for l in open('/proc/cpuinfo').read().splitlines() if ':' in l)  # the last core's lines
-        info = {k.strip(): v.strip() for k, v in info.items()}
-        return info.get('model name', platform.processor()), set(info.get('flags', '').split())
-    except OSError: return platform.processor() or platform.machine(), set()
-
-def _call(f, default=None):
-    try: return f()
-    except Exception: return default  # an older torch without that query
-
-def machine_info(device='cpu')->dict:
-    "Where a benchmark runs: the CPU, torch's view of its half precision, library versions, and the GPU if `device` (one or a list) is CUDA"
-    model, flags = _cpuinfo()
-    info = dict(cpu=model, cores=os.cpu_count(), torch_threads=torch.get_num_threads(),
-                cpu_capability=torch.backends.cpu.get_cpu_capability(),  # the vector ISA ATen's kernels use
-                # whether oneDNN has bfloat16 / float16 kernels here: False means slow generic fallbacks for those types
-                onednn_bf16=_call(torch.ops.mkldnn._is_mkldnn_bf16_supported), onednn_fp16=_call(torch.ops.mkldnn._is_mkldnn_fp16_supported),
-                cpu_flags=[f for f in _CPU_FLAGS if f in flags],
-                isa_limit={k: os.environ[k] for lim in ISA_LIMITS.values() for k in lim if k in os.environ} or None,
-                torch=torch.__version__, fastai=fastai.__version__, python=platform.python_version(), os=platform.platform(), gpu=None)
-    cuda = [torch.device(d) for d in (device if isinstance(device, (list, tuple)) else [device]) if torch.device(d).type == 'cuda']
-    if cuda:
-        d = cuda[0] if cuda[0].index is not None else torch.device('cuda', torch.cuda.current_device())
-        p = torch.cuda.get_device_properties(d)
-        info['gpu'] = dict(name=p.name, capability=f"{p.major}.{p.minor}", memory_gib=round(p.total_memory / 2**30, 1),
-                           bf16=_call(lambda: torch.cuda.is_bf16_supported(including_emulation=False), torch.cuda.is_bf16_supported()),
-                           count=torch.cuda.device_count(), cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version(),
-                           cudnn_tf32=torch.backends.cudnn.allow_tf32, matmul_tf32=torch.backends.cuda.matmul.allow_tf32)
-    return info
 
 class PhaseTimer(Callback):
     "Per training batch: seconds of the student's forward, of the rest until the loss (the teachers), of the backward and of the step"

@@ -6,10 +6,11 @@ Docs: https://fasterai-labs.github.io/fasterai_distill/test_utils.html.md"""
 
 # %% ../nbs/97_test_utils.ipynb #c9fcbffa
 from __future__ import annotations
-import io, json, math, pathlib, tempfile, textwrap, traceback, zipfile
+import io, json, math, os, pathlib, platform, tempfile, textwrap, traceback, zipfile
 import numpy as np
 import torch
 from torch import nn
+import fastai
 from fastai.callback.core import Callback, CancelFitException
 from fastai.callback.training import GradientAccumulation
 from fastai.data.core import DataLoaders, TfmdLists
@@ -18,10 +19,10 @@ from fastai.callback.progress import ProgressCallback
 from fastcore.test import test_eq
 
 # %% auto #0
-__all__ = ['KD_COLUMNS', 'tiny_cnn', 'n_hooks', 'modes', 'tiny_dls', 'img_dls', 'img_cnn', 'tiny_timm', 'Probe', 'GrabLoss',
-           'GrabBoth', 'CountingTeacher', 'Exploding', 'CPUAutocast', 'export_tensors', 'bench_results', 'machine_line',
-           'bench_source', 'TeacherSpy', 'spy', 'distill_names', 'Watch', 'state_copy', 'distill_flags', 'snapshot',
-           'hooks_left', 'check_invariants', 'column', 'raises']
+__all__ = ['ISA_LIMITS', 'KD_COLUMNS', 'tiny_cnn', 'n_hooks', 'modes', 'tiny_dls', 'img_dls', 'img_cnn', 'tiny_timm', 'Probe',
+           'GrabLoss', 'GrabBoth', 'CountingTeacher', 'Exploding', 'CPUAutocast', 'export_tensors', 'bench_results',
+           'machine_line', 'bench_source', 'machine_info', 'TeacherSpy', 'spy', 'distill_names', 'Watch', 'state_copy',
+           'distill_flags', 'snapshot', 'hooks_left', 'check_invariants', 'column', 'raises']
 
 # %% ../nbs/97_test_utils.ipynb #31daded5
 def tiny_cnn(width:int=8, seed:int=0)->nn.Sequential:
@@ -136,6 +137,48 @@ def bench_source(res:dict, width:int=110)->str: # A results file of `bench/`
     "The command that wrote `res`, when, and on what machine: to print beside its figures"
     took = f", {res['runtime_s'] / 60:.0f} min" if 'runtime_s' in res else ''
     return f"$ {res['command']}\n" + textwrap.fill(f"{res['date']}{took}; {machine_line(res)}", width)
+
+# %% ../nbs/97_test_utils.ipynb #a7c3e1f0
+# Instruction sets a run can be limited to, to see on one machine what another CPU gives: oneDNN (convolutions, matrix
+# products, its bfloat16 kernels) and ATen (everything else) read these at start-up. 'avx2': a CPU without AVX-512,
+# hence without bfloat16 or float16 kernels (torch then falls back to slow generic code for those types).
+ISA_LIMITS = {'avx2': {'ONEDNN_MAX_CPU_ISA': 'AVX2', 'ATEN_CPU_CAPABILITY': 'avx2'}}
+
+# The CPU flags that say which half-precision instructions the hardware has (and whether it has AVX2 / AVX-512 at all)
+_CPU_FLAGS = ('avx2', 'avx512f', 'avx512_bf16', 'amx_bf16', 'avx512_fp16', 'amx_fp16')
+
+def _cpuinfo()->tuple:
+    "The CPU's model name and flags from /proc/cpuinfo (Linux), else what `platform` says"
+    try:
+        info = dict(l.split(':', 1) for l in open('/proc/cpuinfo').read().splitlines() if ':' in l)  # the last core's lines
+        info = {k.strip(): v.strip() for k, v in info.items()}
+        return info.get('model name', platform.processor()), set(info.get('flags', '').split())
+    except OSError: return platform.processor() or platform.machine(), set()
+
+def _call(f, default=None):
+    try: return f()
+    except Exception: return default  # an older torch without that query
+
+def machine_info(device='cpu')->dict:
+    "Where a benchmark runs: the CPU, torch's view of its half precision, library versions, and the GPU if `device` (one or a list) is CUDA"
+    model, flags = _cpuinfo()
+    info = dict(cpu=model, cores=os.cpu_count(), torch_threads=torch.get_num_threads(),
+                cpu_capability=torch.backends.cpu.get_cpu_capability(),  # the vector ISA ATen's kernels use
+                # whether oneDNN has bfloat16 / float16 kernels here: False means slow generic fallbacks for those types
+                onednn_bf16=_call(torch.ops.mkldnn._is_mkldnn_bf16_supported), onednn_fp16=_call(torch.ops.mkldnn._is_mkldnn_fp16_supported),
+                cpu_flags=[f for f in _CPU_FLAGS if f in flags],
+                isa_limit={k: os.environ[k] for lim in ISA_LIMITS.values() for k in lim if k in os.environ} or None,
+                torch=torch.__version__, fastai=fastai.__version__, python=platform.python_version(), os=platform.platform(), gpu=None)
+    cuda = [torch.device(d) for d in (device if isinstance(device, (list, tuple)) else [device]) if torch.device(d).type == 'cuda']
+    if cuda:
+        d = cuda[0] if cuda[0].index is not None else torch.device('cuda', torch.cuda.current_device())
+        p = torch.cuda.get_device_properties(d)
+        info['gpu'] = dict(name=p.name, capability=f"{p.major}.{p.minor}", memory_gib=round(p.total_memory / 2**30, 1),
+                           bf16=_call(lambda: torch.cuda.is_bf16_supported(including_emulation=False), torch.cuda.is_bf16_supported()),
+                           count=torch.cuda.device_count(), cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version(),
+                           cudnn_tf32=torch.backends.cudnn.allow_tf32, matmul_tf32=torch.backends.cuda.matmul.allow_tf32)
+    return info
+
 
 # %% ../nbs/97_test_utils.ipynb #09896dad
 class TeacherSpy:
