@@ -3,7 +3,7 @@ import os, statistics, sys, time
 import torch
 from fastai.callback.core import Callback
 # What a run records about its machine, and one rendering of it: shared with the docs pages, which print it beside figures
-from fasterai_distill.test_utils import machine_info, machine_line, ISA_LIMITS  # noqa: F401 (the scripts import them from here)
+from fasterai_distill.bench import machine_info, machine_line, ISA_LIMITS  # noqa: F401 (the scripts import them from here)
 
 def sync(device):
     "Wait for the device's queued work, so wall-clock times cover it (no-op on CPU)"

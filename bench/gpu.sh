@@ -134,7 +134,7 @@ if (c := res('cost_cuda_results.json')):
                                  f"{v['soft_float32']:.2f} with the float32 teacher)")
     print(f"  teacher_dtype='auto' would pick {r['half_precision']['auto']}")
     try:
-        from fasterai_distill.test_utils import machine_line
+        from fasterai_distill.bench import machine_line
         print(f"\nmachine: {machine_line(c)}")
     except ImportError as e: print(f"\nmachine: {c['machine']} ({e})")
 sys.exit(any(s['status'] != 'ok' for s in steps))

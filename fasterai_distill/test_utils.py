@@ -6,11 +6,10 @@ Docs: https://fasterai-labs.github.io/fasterai_distill/test_utils.html.md"""
 
 # %% ../nbs/97_test_utils.ipynb #c9fcbffa
 from __future__ import annotations
-import io, json, math, os, pathlib, platform, tempfile, textwrap, traceback, zipfile
+import io, math, pathlib, tempfile, traceback, zipfile
 import numpy as np
 import torch
 from torch import nn
-import fastai
 from fastai.callback.core import Callback, CancelFitException
 from fastai.callback.training import GradientAccumulation
 from fastai.data.core import DataLoaders, TfmdLists
@@ -19,10 +18,10 @@ from fastai.callback.progress import ProgressCallback
 from fastcore.test import test_eq
 
 # %% auto #0
-__all__ = ['ISA_LIMITS', 'KD_COLUMNS', 'tiny_cnn', 'n_hooks', 'modes', 'tiny_dls', 'img_dls', 'img_cnn', 'tiny_timm', 'Probe',
-           'GrabLoss', 'GrabBoth', 'CountingTeacher', 'Exploding', 'CPUAutocast', 'export_tensors', 'bench_results',
-           'machine_line', 'bench_source', 'machine_info', 'TeacherSpy', 'spy', 'distill_names', 'Watch', 'state_copy',
-           'distill_flags', 'snapshot', 'hooks_left', 'check_invariants', 'column', 'raises']
+__all__ = ['KD_COLUMNS', 'tiny_cnn', 'n_hooks', 'modes', 'tiny_dls', 'img_dls', 'img_cnn', 'tiny_timm', 'Probe', 'GrabLoss',
+           'GrabBoth', 'CountingTeacher', 'Exploding', 'CPUAutocast', 'export_tensors', 'TeacherSpy', 'spy',
+           'distill_names', 'Watch', 'state_copy', 'distill_flags', 'snapshot', 'hooks_left', 'check_invariants',
+           'column', 'raises']
 
 # %% ../nbs/97_test_utils.ipynb #31daded5
 def tiny_cnn(width:int=8, seed:int=0)->nn.Sequential:
@@ -109,76 +108,6 @@ def export_tensors(learn, d, fname)->list:
     "Sizes of the tensor storages that `Learner.export` writes to `d/fname`"
     learn.path = pathlib.Path(d); learn.export(fname)
     return sorted(i.file_size for i in zipfile.ZipFile(learn.path/fname).infolist() if i.filename.split('/')[-1].isdigit())
-
-# %% ../nbs/97_test_utils.ipynb #f732b6ef
-def bench_results(name:str)->dict: # A file of `bench/`, e.g. 'cost_results.json'
-    "The results a `bench/` script wrote, found from the repository root or a notebook's folder (`nbs/`, `nbs/tutorials/`)"
-    for d in (pathlib.Path('.'), pathlib.Path('..'), pathlib.Path('../..')):
-        if (d/'bench'/name).exists(): return json.loads((d/'bench'/name).read_text())
-    raise FileNotFoundError(f"bench/{name} not found: run `python bench/{name.split('_')[0]}.py` from the repository root.")
-
-def _yes(b): return '?' if b is None else 'yes' if b else 'no'
-
-def machine_line(res:dict)->str: # A results file (its `machine` record), or a `machine_info()` dict itself
-    "Where figures were measured, in one line: the CPU and its half precision as torch sees it, the versions, the GPU"
-    m = res.get('machine', res)
-    if not (isinstance(m, dict) and 'cpu_capability' in m):  # a file written before the scripts recorded their machine
-        parts = [m] if isinstance(m, str) else [r['device'] for r in res.get('results', []) if 'device' in r]
-        return ', '.join(parts + [f"{k} {res[k]}" for k in ('torch', 'fastai', 'python') if k in res]) + \
-               " (this run did not record its CPU: rerun its command)"
-    limit = f" (limited by {' '.join(f'{k}={v}' for k, v in m['isa_limit'].items())})" if m.get('isa_limit') else ''
-    line = (f"{m['cpu']} ({m['cores']} cores, {m['torch_threads']} torch threads), {m['cpu_capability']}{limit}, oneDNN "
-            f"bfloat16 {_yes(m['onednn_bf16'])}, float16 {_yes(m['onednn_fp16'])} (CPU flags: {' '.join(m['cpu_flags']) or 'none'}); "
-            f"torch {m['torch']}, fastai {m['fastai']}, Python {m['python']}")
-    if m.get('gpu'): line += f"; GPU: {m['gpu']['name']} (compute capability {m['gpu']['capability']}, bfloat16 {_yes(m['gpu']['bf16'])})"
-    return line
-
-def bench_source(res:dict, width:int=110)->str: # A results file of `bench/`
-    "The command that wrote `res`, when, and on what machine: to print beside its figures"
-    took = f", {res['runtime_s'] / 60:.0f} min" if 'runtime_s' in res else ''
-    return f"$ {res['command']}\n" + textwrap.fill(f"{res['date']}{took}; {machine_line(res)}", width)
-
-# %% ../nbs/97_test_utils.ipynb #a7c3e1f0
-# Instruction sets a run can be limited to, to see on one machine what another CPU gives: oneDNN (convolutions, matrix
-# products, its bfloat16 kernels) and ATen (everything else) read these at start-up. 'avx2': a CPU without AVX-512,
-# hence without bfloat16 or float16 kernels (torch then falls back to slow generic code for those types).
-ISA_LIMITS = {'avx2': {'ONEDNN_MAX_CPU_ISA': 'AVX2', 'ATEN_CPU_CAPABILITY': 'avx2'}}
-
-# The CPU flags that say which half-precision instructions the hardware has (and whether it has AVX2 / AVX-512 at all)
-_CPU_FLAGS = ('avx2', 'avx512f', 'avx512_bf16', 'amx_bf16', 'avx512_fp16', 'amx_fp16')
-
-def _cpuinfo()->tuple:
-    "The CPU's model name and flags from /proc/cpuinfo (Linux), else what `platform` says"
-    try:
-        info = dict(l.split(':', 1) for l in open('/proc/cpuinfo').read().splitlines() if ':' in l)  # the last core's lines
-        info = {k.strip(): v.strip() for k, v in info.items()}
-        return info.get('model name', platform.processor()), set(info.get('flags', '').split())
-    except OSError: return platform.processor() or platform.machine(), set()
-
-def _call(f, default=None):
-    try: return f()
-    except Exception: return default  # an older torch without that query
-
-def machine_info(device='cpu')->dict:
-    "Where a benchmark runs: the CPU, torch's view of its half precision, library versions, and the GPU if `device` (one or a list) is CUDA"
-    model, flags = _cpuinfo()
-    info = dict(cpu=model, cores=os.cpu_count(), torch_threads=torch.get_num_threads(),
-                cpu_capability=torch.backends.cpu.get_cpu_capability(),  # the vector ISA ATen's kernels use
-                # whether oneDNN has bfloat16 / float16 kernels here: False means slow generic fallbacks for those types
-                onednn_bf16=_call(torch.ops.mkldnn._is_mkldnn_bf16_supported), onednn_fp16=_call(torch.ops.mkldnn._is_mkldnn_fp16_supported),
-                cpu_flags=[f for f in _CPU_FLAGS if f in flags],
-                isa_limit={k: os.environ[k] for lim in ISA_LIMITS.values() for k in lim if k in os.environ} or None,
-                torch=torch.__version__, fastai=fastai.__version__, python=platform.python_version(), os=platform.platform(), gpu=None)
-    cuda = [torch.device(d) for d in (device if isinstance(device, (list, tuple)) else [device]) if torch.device(d).type == 'cuda']
-    if cuda:
-        d = cuda[0] if cuda[0].index is not None else torch.device('cuda', torch.cuda.current_device())
-        p = torch.cuda.get_device_properties(d)
-        info['gpu'] = dict(name=p.name, capability=f"{p.major}.{p.minor}", memory_gib=round(p.total_memory / 2**30, 1),
-                           bf16=_call(lambda: torch.cuda.is_bf16_supported(including_emulation=False), torch.cuda.is_bf16_supported()),
-                           count=torch.cuda.device_count(), cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version(),
-                           cudnn_tf32=torch.backends.cudnn.allow_tf32, matmul_tf32=torch.backends.cuda.matmul.allow_tf32)
-    return info
-
 
 # %% ../nbs/97_test_utils.ipynb #09896dad
 class TeacherSpy:
