@@ -114,7 +114,8 @@ def _as_adapters(adapters, s_names, n_teachers, head):
     if adapters is False or adapters is None: return None
     if not s_names and not head:
         raise ValueError("`adapters` map student features to the teacher's shape: give `activations_student` and "
-                         "`activations_teacher` layer names (or `student_head` and `teacher_head_input`) too.")
+                         "`activations_teacher` too, layer names or positions such as -1 in the pairs `match_feature_layers` "
+                         "finds (or `student_head` and `teacher_head_input`).")
     if adapters is True: return FeatureAdapters()
     def one(ads):
         if isinstance(ads, Mapping): ads = [ads.get(n) for n in s_names]

@@ -56,7 +56,8 @@ def _feature_pairs(fm_s: dict, fm_t: dict, name: str, same_shape: bool = False,
     "Pair student and teacher features in iteration order, checked; teacher detached, both float32, averaged over positions with `spatial_avg` (None: the loss has no such option)"
     if not fm_s or not fm_t:
         raise ValueError(f"{name} is a feature loss but got no feature maps (fm_s: {len(fm_s or {})}, fm_t: {len(fm_t or {})} layers). "
-                         "Give the callback `activations_student` and `activations_teacher` layer names.")
+                         "Give the callback `activations_student` and `activations_teacher`: layer names, or positions such as -1 "
+                         "in the layer pairs `match_feature_layers` finds.")
     if len(fm_s) != len(fm_t):
         raise ValueError(f"{name}: {len(fm_s)} student layers {list(fm_s)} but {len(fm_t)} teacher layers {list(fm_t)}; "
                          "layers are paired in order, so give as many student as teacher layers.")

@@ -55,13 +55,15 @@ def check_cacheable(dl, # The training DataLoader
     if isinstance(dl, DistributedDL): dl = dl.dl  # under `distrib_ctx`: the loader it splits between the processes
     if not isinstance(dl, DataLoader) or not dl.indexed or dl.bs is None:
         raise ValueError(f"{who} needs a fastai DataLoader over an indexed dataset, with a batch size: it keeps "
-                         "the teacher's outputs per item index. Use cache_teacher=False with this DataLoader.")
+                         "the teacher's outputs per item index. With this DataLoader, distill without caching the teacher's outputs "
+                         "(cache_teacher=False, the default).")
     rand = [_random_setting(t) for t in _transforms(dl) if _is_random(t)]
     if rand:
         raise ValueError(f"{who}: the training DataLoader applies random transforms: {', '.join(rand)}. A cached teacher "
                          "output belongs to one view of an item, and these draw another view each epoch, which the student "
                          "would then match against the outputs of the first. Remove them (deterministic ones such as "
-                         "Resize(method='squish') or Normalize are fine), or use cache_teacher=False.")
+                         "Resize(method='squish') or Normalize are fine), or distill without caching the teacher's outputs "
+                         "(cache_teacher=False, the default).")
     if type(dl) not in _known_loaders:
         warnings.warn(f"{who} with a custom DataLoader ({type(dl).__name__}): the cache assumes that batches are "
                       "consecutive chunks of `get_idxs()` and that items are the same every epoch. Each cached batch's inputs "
@@ -109,6 +111,9 @@ def cache_outputs(cache:TeacherCache, # Where the outputs go: a `TeacherCache`, 
     "Put the teachers' outputs for the items `idx` in `cache`; return their logits as a later read gives them back"
     logits = [(p,) for p in preds]
     if topk:  # the loss sees now what it will see in later epochs: the top-k logits, rebuilt
+        if any(topk >= p.shape[1] for p in preds):
+            raise ValueError(f"cache_topk={topk} keeps every logit of a teacher with {min(p.shape[1] for p in preds)} classes, "
+                             "in more bytes than all of them at full precision: give a smaller k, or cache_topk=None to keep all.")
         logits, cache.n_classes = [topk_logits(p, topk) for p in preds], [p.shape[1] for p in preds]
         preds = [rebuild_logits(*l, n) for l, n in zip(logits, cache.n_classes)]
     outs = [o for l, fm, h in zip(logits, feats, heads) for o in (*l, *fm.values(), *([h] if h is not None else []))]
