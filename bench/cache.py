@@ -18,7 +18,7 @@ configurations run seconds apart. Results go to bench/cache_results.json.
     python bench/cache.py --rounds 3           # the committed CPU figures
     python bench/cache.py --device cuda --batches 50 --rounds 5 --out bench/cache_results_cuda.json   # the committed GPU ones
 """
-import argparse, datetime, json, platform, shutil, statistics, subprocess, sys, tempfile, time
+import argparse, json, shutil, statistics, subprocess, sys, tempfile, time
 from pathlib import Path
 import torch
 from torch import nn
@@ -29,7 +29,7 @@ from torchvision.models import resnet18, resnet34
 from fasterai_distill.losses import SoftTarget, Attention
 from fasterai_distill.distillation_callback import KnowledgeDistillationCallback
 from fasterai_distill.callback.store import fill_teacher_store, weights_fingerprint
-from common import machine_info, TrainTimer, steady_malloc, sync, device_name
+from common import provenance, TrainTimer, steady_malloc, sync, device_name
 
 LAYERS = ['layer2', 'layer3']
 
@@ -131,10 +131,7 @@ if __name__ == '__main__':
     if a.read: read_store(a); sys.exit()
     t0 = time.perf_counter()
     res = main(a)
-    cmd = ' '.join(['python bench/cache.py', *sys.argv[1:]])
-    out = dict(command=cmd, date=str(datetime.date.today()), torch=torch.__version__, python=platform.python_version(),
-               machine=machine_info(a.device),
-               batches=a.batches, bs=a.bs, size=a.size, rounds=a.rounds, runtime_s=time.perf_counter() - t0, results=[res])
+    out = dict(provenance(t0, device=a.device), batches=a.batches, bs=a.bs, size=a.size, rounds=a.rounds, results=[res])
     Path(a.out).write_text(json.dumps(out, indent=1) + '\n')
     r, s = res['ratios'], res['second_process']
     print(f"{res['device']}: {a.batches} batches of {a.bs} at {a.size}x{a.size}, {a.rounds} rounds; ratios to the plain student epoch:")

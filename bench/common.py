@@ -1,9 +1,21 @@
 "Pieces shared by the benchmark scripts in `bench/` (run them from the repository root: `python bench/<script>.py`)."
-import os, statistics, sys, time
+import datetime, os, statistics, sys, time
+from pathlib import Path
 import torch
 from fastai.callback.core import Callback
 # What a run records about its machine, and one rendering of it: shared with the docs pages, which print it beside figures
 from fasterai_distill.bench import machine_info, machine_line, ISA_LIMITS  # noqa: F401 (the scripts import them from here)
+
+def provenance(start:float, # `time.perf_counter()` when the run began
+               machine:dict=None, # `machine_info()` of the run, if taken already
+               device='cpu', # Otherwise: the device(s) whose machine to record
+               argv:list=None, # The script's arguments (default: `sys.argv[1:]`)
+              )->dict:
+    "What every results file of `bench/` opens with: the command that wrote it, the date, the versions, the machine, the run time"
+    m = machine or machine_info(device)
+    args = sys.argv[1:] if argv is None else argv
+    return dict(command=' '.join(['python', f'bench/{Path(sys.argv[0]).name}', *args]), date=datetime.date.today().isoformat(),
+                torch=m['torch'], fastai=m['fastai'], python=m['python'], machine=m, runtime_s=round(time.perf_counter() - start, 1))
 
 def sync(device):
     "Wait for the device's queued work, so wall-clock times cover it (no-op on CPU)"

@@ -49,10 +49,10 @@ op is tracked (a TorchDispatchMode with weak references), which counts the same 
     python bench/cost.py --configs precision --isa avx2 --rounds 11 --out bench/cost_avx2_results.json
     python bench/cost.py --device cuda --out bench/cost_cuda_results.json
 """
-import argparse, contextlib, datetime, json, statistics, sys, time, weakref
+import argparse, contextlib, json, statistics, time, weakref
 import torch
 from torch import nn
-from common import sync, TrainTimer, PhaseTimer, device_name, steady_malloc, limit_isa, ISA_LIMITS, machine_info, machine_line
+from common import sync, TrainTimer, PhaseTimer, device_name, steady_malloc, limit_isa, ISA_LIMITS, machine_info, machine_line, provenance
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 import torch.nn.functional as F
@@ -323,7 +323,6 @@ if __name__ == '__main__':
     start = time.perf_counter()
     results = [report(d, *bench(d, a.batches, a.rounds, only, a.bs, a.size), bs=a.bs, size=a.size) for d in devices]
     if a.out:
-        meta = dict(command='python ' + ' '.join(sys.argv), date=datetime.date.today().isoformat(), torch=torch.__version__,
-                    machine=machine, batches=a.batches, rounds=a.rounds, bs=a.bs, size=a.size, runtime_s=time.perf_counter() - start)
+        meta = dict(provenance(start, machine), batches=a.batches, rounds=a.rounds, bs=a.bs, size=a.size)
         with open(a.out, 'w') as f: json.dump(dict(meta, results=results), f, indent=1)
         print(f"\nwritten to {a.out}")

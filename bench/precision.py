@@ -16,7 +16,7 @@ bench/precision_results.json.
     python bench/precision.py --bs 128 --batches 40 --channels-last --out ''
     python bench/precision.py --device cpu --size 32 --bs 8 --batches 2 --rounds 1 --out ''   # a quick check of the script on CPU
 """
-import argparse, datetime, json, statistics, sys, time
+import argparse, json, statistics, sys, time
 import torch
 from torch import nn
 from fastai.data.core import DataLoaders
@@ -27,7 +27,7 @@ from fastai.callback.channelslast import ChannelsLast  # registers `Learner.to_c
 from torchvision.models import resnet18, resnet34
 from fasterai_distill.losses import SoftTarget, Attention
 from fasterai_distill.distillation_callback import KnowledgeDistillationCallback
-from common import sync, TrainTimer, device_name, machine_info, machine_line
+from common import sync, TrainTimer, device_name, machine_info, machine_line, provenance
 
 PRECISIONS = {'fp32': None, 'fp16': torch.float16, 'bf16': torch.bfloat16}
 CONFIGS = ['student', 'soft', 'attention']
@@ -115,8 +115,7 @@ if __name__ == '__main__':
     results = bench(a.device, a.batches, a.bs, a.size, a.rounds, a.precisions, a.channels_last)
     ratios = report(a.device, results, a.bs, a.size, a.channels_last)
     if a.out:
-        out = dict(command='python ' + ' '.join(sys.argv), date=datetime.date.today().isoformat(), machine=machine,
-                   device=device_name(a.device), batches=a.batches, bs=a.bs, size=a.size, rounds=a.rounds,
-                   channels_last=a.channels_last, runtime_s=time.perf_counter() - start, images_per_s=results, ratios=ratios)
+        out = dict(provenance(start, machine), device=device_name(a.device), batches=a.batches, bs=a.bs, size=a.size, rounds=a.rounds,
+                   channels_last=a.channels_last, images_per_s=results, ratios=ratios)
         with open(a.out, 'w') as f: json.dump(out, f, indent=1)
         print(f"\nwritten to {a.out}")

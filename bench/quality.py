@@ -39,15 +39,14 @@ ViT's class head; the distillation token (`distill_token=True`) with SoftTarget 
 the teacher's `block2` (64 channels, 4x4) to the ViT's last block `blocks.3` (its tokens laid out on their 4x4 grid,
 48 channels) through an adapter (`adapters=True`: a 1x1 convolution 48 -> 64 with BatchNorm).
 """
-import argparse, datetime, itertools, json, math, platform, sys, time
+import argparse, itertools, json, math, time
 from functools import partial
 import torch
-import fastai
 from fastai.callback.hook import hook_outputs
 from fastprogress.fastprogress import progress_bar
 from fasterai_distill.demo import digits_dls, digits_teacher, digits_student, train_digits, n_params
 from fasterai_distill.all import *
-from common import machine_info
+from common import provenance
 
 FEATURES = dict(student=['block1', 'block2'], teacher=['block1', 'block2'])
 PRE_RELU = dict(student=['block1.1', 'block2.1'], teacher=['block1.1.1', 'block2.1.1'])
@@ -241,7 +240,7 @@ def main(argv=None):
         lines.append(f"| {r['loss']} | {r['setting']} | {100*r['test_mean']:.1f} ± {100*r['test_std']:.1f} | "
                      f"{100*r['delta']:+.1f} | {100*r['valid_mean']:.1f} ± {100*r['valid_std']:.1f} |")
     table = '\n'.join(lines)
-    out = dict(**provenance(argv, start), seeds=args.seeds, n_train=args.n_train, data_seed=args.data_seed, epochs=args.epochs,
+    out = dict(**provenance(start, argv=argv), seeds=args.seeds, n_train=args.n_train, data_seed=args.data_seed, epochs=args.epochs,
                teacher_epochs=args.teacher_epochs, lr=args.lr, teacher_params=n_params(teacher),
                student_params=n_params(digits_student()), teacher_accuracy=teacher_acc,
                layers=dict(features=FEATURES, pre_relu=PRE_RELU, embedding=EMBEDDING), rows=rows, table=table)
@@ -250,12 +249,6 @@ def main(argv=None):
           f"Student: {args.n_train} images, {args.seeds} seeds. {out['runtime_s']} s.\n")
     print(table)
     print(f"\nWritten to {args.out}")
-
-def provenance(argv, start)->dict:
-    "The command, date, versions, machine and run time every results file records"
-    command = 'python bench/quality.py' + (' ' + ' '.join(argv if argv is not None else sys.argv[1:])).rstrip()
-    return dict(command=command.strip(), date=datetime.date.today().isoformat(), torch=torch.__version__, fastai=fastai.__version__,
-                python=platform.python_version(), machine=machine_info(), runtime_s=round(time.perf_counter() - start))
 
 def main_vit(teacher, teacher_acc, args, argv, start):
     "The vision-transformer table: run it, print it, write it to `args.out`"
@@ -272,7 +265,7 @@ def main_vit(teacher, teacher_acc, args, argv, start):
                      f"{100*r['valid_mean']:.1f} ± {100*r['valid_std']:.1f} | {', '.join(f'{100*x:.1f}' for x in r['test'])} |")
     table = '\n'.join(lines)
     import timm
-    out = dict(**provenance(argv, start), timm=timm.__version__, seeds=args.seeds, n_train=args.vit_n_train or len(digits_dls().train.dataset),
+    out = dict(**provenance(start, argv=argv), timm=timm.__version__, seeds=args.seeds, n_train=args.vit_n_train or len(digits_dls().train.dataset),
                epochs=args.vit_epochs, lr=args.vit_lr, bs=args.vit_bs, weight=0.5, teacher_epochs=args.teacher_epochs,
                teacher_params=n_params(teacher), student_params=n_params(vit_student(0)), deit_params=n_params(vit_student(0, True)),
                vit=VIT, teacher_accuracy=teacher_acc, rows=rows, table=table)

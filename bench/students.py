@@ -14,10 +14,10 @@ The figures, the command and the machine (`machine_info()`) go to bench/students
     python bench/students.py                 # CPU; writes bench/students_results.json
     python bench/students.py --device cuda --batches 30 --out bench/students_cuda_results.json
 """
-import argparse, datetime, json, statistics, sys, time
+import argparse, json, statistics, time
 import torch
 from torch import nn
-from common import sync, TrainTimer, device_name, steady_malloc, machine_info, machine_line
+from common import sync, TrainTimer, device_name, steady_malloc, machine_info, machine_line, provenance
 
 N_STUDENTS = 3
 CONFIGS = ['students', 'teacher', 'at-once', 'one-by-one']
@@ -86,9 +86,8 @@ def main():
         ratios[c] = dict(time=t[c] / (t['students'] + t['teacher']), time_range=[min(per_round), max(per_round)])
         print(f"| {c} | {t[c]*1e3:.1f} | {ratios[c]['time']:.3f} | {min(per_round):.2f}-{max(per_round):.2f} |")
     if a.out:
-        out = dict(command='python ' + ' '.join(sys.argv), date=datetime.date.today().isoformat(), machine=machine,
-                   device=device_name(a.device), batches=a.batches, rounds=a.rounds, bs=32, size=64, n_students=N_STUDENTS,
-                   runtime_s=time.perf_counter() - start, ms_per_batch={c: v * 1e3 for c, v in t.items()}, ratios=ratios)
+        out = dict(provenance(start, machine), device=device_name(a.device), batches=a.batches, rounds=a.rounds, bs=32, size=64,
+                   n_students=N_STUDENTS, ms_per_batch={c: v * 1e3 for c, v in t.items()}, ratios=ratios)
         with open(a.out, 'w') as f: json.dump(out, f, indent=1)
         print(f"\nwritten to {a.out}")
 

@@ -11,7 +11,7 @@ student's initialisation and data order; the data, the teacher and the stores ar
     python bench/topk.py                   # the committed results: 3 seeds, writes bench/topk_results.json
     python bench/topk.py --seeds 1 --epochs 2 --out /tmp/topk.json      # a quick check of the script
 """
-import argparse, datetime, json, random, shutil, statistics, sys, tempfile, time
+import argparse, json, random, shutil, statistics, tempfile, time
 from pathlib import Path
 import numpy as np
 import torch
@@ -24,7 +24,7 @@ from fastai.metrics import accuracy
 from fasterai_distill.losses import SoftTarget, DecoupledKD
 from fasterai_distill.distillation_callback import KnowledgeDistillationCallback
 from fasterai_distill.callback.store import fill_teacher_store
-from common import machine_info
+from common import provenance
 
 N_CLASSES, KS = 100, [1, 5, 20, None]
 
@@ -92,9 +92,7 @@ if __name__ == '__main__':
     t0, tmp = time.perf_counter(), Path(tempfile.mkdtemp())
     try: res = main(a, tmp)
     finally: shutil.rmtree(tmp)
-    out = dict(command=' '.join(['python bench/topk.py', *sys.argv[1:]]), date=str(datetime.date.today()), torch=torch.__version__,
-               machine=machine_info(),
-               settings={k: v for k, v in vars(a).items() if k != 'out'}, n_classes=N_CLASSES, runtime_s=time.perf_counter() - t0, **res)
+    out = dict(provenance(t0), settings={k: v for k, v in vars(a).items() if k != 'out'}, n_classes=N_CLASSES, **res)
     Path(a.out).write_text(json.dumps(out, indent=1) + '\n')
     print(f"teacher {res['teacher_accuracy']:.3f}; logits bytes per item: {res['logits_bytes_per_item']}; "
           f"probability held by the top k: {({k: round(v, 3) for k, v in res['teacher_topk_mass'].items()})}")
