@@ -11,7 +11,7 @@ import torch
 import fastai
 
 # %% auto #0
-__all__ = ['ISA_LIMITS', 'bench_results', 'machine_line', 'bench_source', 'machine_info']
+__all__ = ['ISA_LIMITS', 'bench_results', 'machine_line', 'bench_source', 'machine_info', 'this_machine']
 
 # %% ../nbs/98_bench.ipynb #f732b6ef
 def bench_results(name:str)->dict: # A file of `bench/`, e.g. 'cost_results.json'
@@ -81,4 +81,8 @@ def machine_info(device='cpu')->dict:
                            count=torch.cuda.device_count(), cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version(),
                            cudnn_tf32=torch.backends.cudnn.allow_tf32, matmul_tf32=torch.backends.cuda.matmul.allow_tf32)
     return info
+
+def this_machine(width:int=110)->str:
+    "`machine_line` of the machine running this code, wrapped at `width`: for pages whose figures are computed as they run"
+    return textwrap.fill(machine_line(machine_info()), width)
 
